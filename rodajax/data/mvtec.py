@@ -142,12 +142,3 @@ def parse_categories(value) -> list[str]:
   if isinstance(value, str):
     return [c.strip() for c in value.split(",") if c.strip()]
   return [str(c) for c in value]
-
-
-def check_categories(root: str, cats: Sequence[str]) -> None:
-  have = categories(root) if os.path.isdir(root) else []
-  for c in cats:
-    if c not in have:
-      load_mvtec  # for the error message below
-      raise DataError(f"category {c!r} not found under {root!r}; categories there: "
-                      f"{', '.join(have) if have else 'none (is data.root right?)'}")

@@ -1,0 +1,210 @@
+"""`train_and_evaluate(config, workdir)`: fit the memory bank, shift, adapt, evaluate.
+
+Per category: the memory bank (and the backbone variables it was built with)
+is fitted once and saved with orbax under `workdir/banks/`; a rerun of the
+same config reuses it. Each (shift, severity, method) gives one record in
+`workdir/results.json`, written atomically as soon as it exists; a rerun skips
+the records already there, so an interrupted run resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from tqdm import tqdm
+
+from rodajax import backbones, data, features, metrics, patchcore, report
+from rodajax.coreset import coreset_size
+
+log = logging.getLogger("rodajax")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def _csv(v) -> list[str]:
+  return data.parse_categories(v)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks values that would otherwise fail late or silently."""
+  if config.coreset.size <= 0 and not 0.0 < config.coreset.ratio <= 1.0:
+    raise ConfigError(f"config.coreset.ratio={config.coreset.ratio} must be in (0, 1] "
+                      "(or set config.coreset.size > 0)")
+  if config.data.crop > config.data.resize:
+    raise ConfigError(f"config.data.crop={config.data.crop} exceeds config.data.resize="
+                      f"{config.data.resize}")
+  if not 0.0 <= config.shift.adapt_fraction <= 1.0:
+    raise ConfigError(f"config.shift.adapt_fraction={config.shift.adapt_fraction} must be in [0, 1]")
+  if not _csv(config.data.categories):
+    raise ConfigError("config.data.categories is empty; name at least one category")
+  backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
+  shifts = [s for s in _csv(config.shift.corruptions) if s != "clean"]
+  if shifts:
+    from rodajax import corruptions
+    for s in shifts:
+      corruptions.check(s, 1)
+    for sev in _csv(config.shift.severities):
+      corruptions.check(shifts[0], int(sev))
+  methods = _csv(config.adapt.methods)
+  if any(m != "none" for m in methods):
+    from rodajax import adapt
+    for m in methods:
+      adapt.check_method(m)
+    if config.shift.adapt_fraction <= 0.0:
+      raise ConfigError("adaptation methods need target images: set config.shift.adapt_fraction "
+                        "> 0 (e.g. 0.2)")
+
+
+def _fingerprint(config, category: str) -> str:
+  keys = {"data": {k: config.data[k] for k in ("name", "root", "resize", "crop", "max_train",
+                                               "train_fraction", "anomaly_threshold")},
+          "model": config.model.to_dict(), "coreset": config.coreset.to_dict(),
+          "seed": config.seed, "category": category}
+  if config.data.name in ("mvtec", "mvtec3d", "realiad"):
+    keys["data"]["root"] = os.path.abspath(config.data.root)
+  return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _taps(config):
+  return tuple(_csv(config.model.taps)) or backbones.DEFAULT_TAPS[
+      backbones._canonical(config.model.backbone)]
+
+
+def fit_or_restore(config, workdir, ds, module, variables, extract, timing):
+  """The memory bank of `ds.train`: restored from `workdir/banks/...` or fitted and saved."""
+  path = os.path.abspath(os.path.join(workdir, "banks", f"{ds.name}_{ds.category}_"
+                                      f"{_fingerprint(config, ds.category)}"))
+  ckpt = ocp.StandardCheckpointer()
+  if os.path.isdir(path):
+    tree = ckpt.restore(path)
+    timing["restored_bank"] = True
+    return patchcore.MemoryBank.from_tree(tree["memory"]), tree["variables"]
+  t = time.perf_counter()
+  feats = patchcore.batched(jax.jit(extract), variables, ds.train.images, config.batch_size,
+                            progress=tqdm, desc=f"{ds.category}: train features")
+  timing["train_features_s"] = time.perf_counter() - t
+  timing["features_img_per_s"] = len(ds.train) / timing["train_features_s"]
+  if not np.all(np.isfinite(feats)):
+    raise FloatingPointError("training features contain NaN/inf; check the weights file")
+  t = time.perf_counter()
+  n_patches = feats.shape[0] * feats.shape[1] * feats.shape[2]
+  k = coreset_size(n_patches, config.coreset.ratio, config.coreset.size or None)
+  with tqdm(total=1, desc=f"{ds.category}: coreset {n_patches} -> {k}") as bar:
+    bank = patchcore.fit_memory_bank(feats, jax.random.key(config.seed), config.coreset.ratio,
+                                     config.coreset.size or None, config.coreset.proj_dim or None)
+    bar.update()
+  timing["coreset_s"] = time.perf_counter() - t
+  ckpt.save(path, {"memory": bank.to_tree(), "variables": jax.tree.map(np.asarray, variables)})
+  ckpt.wait_until_finished()
+  return bank, variables
+
+
+def target_split(n: int, fraction: float, seed: int):
+  """Seeded (adapt, eval) index split of a test set of size n; fraction 1.0 -> both all."""
+  if fraction <= 0.0:
+    return np.zeros(0, np.int64), np.arange(n)
+  if fraction >= 1.0:
+    return np.arange(n), np.arange(n)
+  perm = np.random.default_rng(seed).permutation(n)
+  k = max(1, int(round(fraction * n)))
+  return np.sort(perm[:k]), np.sort(perm[k:])
+
+
+def _shift_list(config):
+  out = []
+  sev = [int(s) for s in _csv(config.shift.severities)]
+  for s in _csv(config.shift.corruptions):
+    out.extend([("clean", 0)] if s == "clean" else [(s, v) for v in sev])
+  return out
+
+
+def _shifted(images, shift, severity, seed, batch):
+  """Corrupted copy of uint8 images (the same noise for every method)."""
+  if shift == "clean":
+    return images
+  from rodajax import corruptions
+  key = jax.random.fold_in(jax.random.key(seed), hash((shift, severity)) % (2 ** 31))
+  return corruptions.apply_batched(shift, images, severity, key, batch)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs every (category, shift, severity, method) of `config`; returns all records."""
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=1))
+  records = report.load_records(workdir)
+  done = {report.record_id(r) for r in records}
+  taps = _taps(config)
+  weights = config.model.weights or None
+  module, variables = backbones.create(config.model.backbone, weights, taps=taps, seed=config.seed)
+  extract = features.make_extractor(module, taps, config.data.crop, config.model.pool,
+                                    config.model.out_dim or None)
+  methods = _csv(config.adapt.methods)
+  for category in _csv(config.data.categories):
+    ds = data.load(config.data, category, seed=config.seed)
+    timing = {}
+    t_fit = time.perf_counter()
+    bank, variables = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
+    timing["fit_s"] = time.perf_counter() - t_fit
+    adapt_idx, eval_idx = target_split(len(ds.test), config.shift.adapt_fraction, config.seed)
+    test_eval = ds.test.subset(eval_idx)
+    crop = config.data.crop
+    masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
+    for shift, severity in _shift_list(config):
+      shifted = _shifted(ds.test.images, shift, severity, config.seed, config.batch_size)
+      for method in methods:
+        rec = {"dataset": ds.name, "category": category, "shift": shift, "severity": severity,
+               "method": method}
+        rec["variant"] = None
+        if report.record_id(rec) in done:
+          continue
+        t0 = time.perf_counter()
+        info = {}
+        v_eval = variables
+        if method != "none":
+          from rodajax import adapt
+          v_eval, info = adapt.run(method, config, module, variables, extract, bank,
+                                   shifted[adapt_idx], jax.random.key(config.seed))
+        t1 = time.perf_counter()
+        scores, maps = patchcore.predict(
+            adapt.eval_extractor(config, module, extract) if method != "none" else extract,
+            v_eval, shifted[eval_idx], bank.bank, crop, config.batch_size,
+            config.scoring.sigma, config.scoring.chunk, config.scoring.reweight,
+            progress=tqdm, desc=f"{category}/{shift}{severity or ''}/{method}: score")
+        t2 = time.perf_counter()
+        finite = bool(np.all(np.isfinite(scores)))
+        m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
+                             masks, maps if finite else None, test_eval.types, test_eval.has_mask)
+        if not finite:
+          m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None}
+          info["error"] = "non-finite anomaly scores (adaptation diverged?)"
+        rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                    "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
+                    "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
+                    "image_f1_max": m["image_f1_max"],
+                    "per_type_image_auroc": m.get("per_type_image_auroc"),
+                    "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
+                    "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
+        if shift == "clean" and method == "none":
+          rec["timing"] = {**timing, "scoring_s": t2 - t1,
+                           "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
+          if config.figures:
+            report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
+                                data.centre_crop(test_eval.images, crop), maps,
+                                test_eval.labels, scores, masks)
+        records.append(rec)
+        done.add(report.record_id(rec))
+        report.save_records(workdir, records)
+        log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
+        print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)
+  return records

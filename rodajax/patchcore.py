@@ -1,0 +1,95 @@
+"""PatchCore composed from the pure pieces: features -> coreset -> scoring.
+
+The functions here drive jitted steps over batches (fixed batch shape, the
+last batch padded, so one compilation serves all); they do no file I/O. Pass
+`progress` (e.g. `tqdm`) to see long loops advance.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rodajax import coreset, scoring
+
+
+def _identity(it: Iterable, **_) -> Iterable:
+  return it
+
+
+def batched(fn: Callable, variables, images: np.ndarray, batch: int,
+            progress: Callable = _identity, desc: str = "") -> np.ndarray:
+  """Applies jitted `fn(variables, images[batch])` over `images` in fixed-size batches."""
+  n = len(images)
+  out = []
+  for s in progress(range(0, n, batch), desc=desc, total=-(-n // batch)):
+    x = images[s:s + batch]
+    m = len(x)
+    if m < batch:
+      x = np.concatenate([x, np.repeat(x[-1:], batch - m, axis=0)])
+    out.append(np.asarray(fn(variables, jnp.asarray(x)))[:m])
+  return np.concatenate(out) if out else np.zeros((0,))
+
+
+@dataclasses.dataclass
+class MemoryBank:
+  """The coreset of normal patch features, `bank [k, D]`, and source statistics."""
+  bank: np.ndarray
+  feature_mean: np.ndarray   # [D] mean of all training patch features
+  feature_cov: np.ndarray    # [D, D] their covariance
+  grid: tuple[int, int]      # patch grid (h, w) of one image
+
+  def to_tree(self) -> dict:
+    return {"bank": self.bank, "feature_mean": self.feature_mean,
+            "feature_cov": self.feature_cov, "grid": np.asarray(self.grid, np.int32)}
+
+  @classmethod
+  def from_tree(cls, t) -> "MemoryBank":
+    return cls(np.asarray(t["bank"]), np.asarray(t["feature_mean"]),
+               np.asarray(t["feature_cov"]), tuple(int(g) for g in np.asarray(t["grid"])))
+
+
+def fit_memory_bank(train_features: np.ndarray, key: jax.Array, ratio: float | None = 0.1,
+                    size: int | None = None, proj_dim: int | None = 128) -> MemoryBank:
+  """Greedy k-center coreset of the training patches `[N, h, w, D]` (PatchCore Alg. 1)."""
+  n, h, w, d = train_features.shape
+  flat = jnp.asarray(train_features.reshape(-1, d))
+  idx = coreset.select_coreset(flat, key, ratio=ratio, size=size, proj_dim=proj_dim)
+  mean = jnp.mean(flat, axis=0)
+  cov = (flat - mean).T @ (flat - mean) / max(flat.shape[0] - 1, 1)
+  return MemoryBank(np.asarray(flat[idx]), np.asarray(mean), np.asarray(cov), (h, w))
+
+
+def make_scorer(bank: jax.Array, crop: int, sigma: float = 4.0, chunk: int = 2048,
+                reweight: int = 0) -> Callable:
+  """`f(features [B, h, w, D]) -> (image_scores [B], maps [B, crop, crop])`, jit-able."""
+  bank = jnp.asarray(bank)
+
+  def score(features):
+    s, idx = scoring.patch_scores(features, bank, chunk=chunk)
+    img = (scoring.reweighted_image_scores(features, s, idx, bank, reweight) if reweight
+           else scoring.image_scores(s))
+    return img, scoring.anomaly_maps(s, crop, sigma)
+  return score
+
+
+def predict(extract: Callable, variables, images: np.ndarray, bank: np.ndarray, crop: int,
+            batch: int = 16, sigma: float = 4.0, chunk: int = 2048, reweight: int = 0,
+            progress: Callable = _identity, desc: str = "score"):
+  """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`."""
+  scorer = make_scorer(bank, crop, sigma, chunk, reweight)
+  step = jax.jit(lambda v, x: scorer(extract(v, x)))
+  n = len(images)
+  scores, maps = [], []
+  for s in progress(range(0, n, batch), desc=desc, total=-(-n // batch)):
+    x = images[s:s + batch]
+    m = len(x)
+    if m < batch:
+      x = np.concatenate([x, np.repeat(x[-1:], batch - m, axis=0)])
+    a, b = step(variables, jnp.asarray(x))
+    scores.append(np.asarray(a)[:m])
+    maps.append(np.asarray(b)[:m])
+  return np.concatenate(scores), np.concatenate(maps)

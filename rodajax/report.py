@@ -1,0 +1,136 @@
+"""Results on disk: results.json (a list of records), results.md, figures.
+
+Writes are atomic (a temporary file in the same folder, then `os.replace`), so
+an interrupted run never leaves a half-written file, and a rerun can resume
+from the records already there.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+RECORD_KEYS = ("dataset", "category", "shift", "severity", "method", "image_auroc",
+               "pixel_auroc", "aupro", "n_train", "n_test", "seconds")
+IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant")
+
+
+def atomic_write(path: str, text: str | bytes) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(text.encode() if isinstance(text, str) else text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
+def _clean(x):
+  if isinstance(x, dict):
+    return {k: _clean(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_clean(v) for v in x]
+  if isinstance(x, (np.floating, float)):
+    return None if not math.isfinite(float(x)) else float(x)
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
+def record_id(rec: dict) -> tuple:
+  return tuple(rec.get(k) for k in IDENTITY)
+
+
+def load_records(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_records(workdir: str, records: Sequence[dict]) -> None:
+  """results.json and results.md, both atomically."""
+  records = [_clean(r) for r in records]
+  atomic_write(os.path.join(workdir, "results.json"), json.dumps(records, indent=1))
+  atomic_write(os.path.join(workdir, "results.md"), markdown_table(records))
+
+
+def _fmt(v):
+  if v is None:
+    return "–"
+  if isinstance(v, float):
+    return f"{v:.2f}"
+  return str(v)
+
+
+def markdown_table(records: Sequence[dict], keys: Sequence[str] = RECORD_KEYS) -> str:
+  lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+  for r in records:
+    lines.append("| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def pivot(records: Sequence[dict], row: str, col: str, value: str) -> str:
+  """A markdown table with one row per `row` value and one column per `col` value."""
+  rows = list(dict.fromkeys(r[row] for r in records))
+  cols = list(dict.fromkeys(r[col] for r in records))
+  cell = {(r[row], r[col]): r.get(value) for r in records}
+  lines = [f"| {row} \\ {col} | " + " | ".join(map(str, cols)) + " | mean |",
+           "|" + "---|" * (len(cols) + 2)]
+  for rv in rows:
+    vals = [cell.get((rv, c)) for c in cols]
+    num = [v for v in vals if v is not None]
+    mean = sum(num) / len(num) if num else None
+    lines.append(f"| {rv} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(mean)} |")
+  return "\n".join(lines) + "\n"
+
+
+def save_figures(path_prefix: str, images: np.ndarray, maps: np.ndarray, labels: np.ndarray,
+                 scores: np.ndarray, masks: np.ndarray | None = None, n: int = 6) -> list[str]:
+  """ROC curve and anomaly-map overlays as PNGs; returns the files written."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_curve
+
+  files = []
+  os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
+  if len(np.unique(labels)) == 2:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(3.5, 3.5))
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("image-level ROC")
+    fig.tight_layout()
+    files.append(path_prefix + "_roc.png")
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+  order = np.argsort(-scores)
+  pick = list(order[: n // 2]) + list(order[::-1][: n - n // 2])
+  fig, axes = plt.subplots(2, len(pick), figsize=(2 * len(pick), 4.2))
+  vmax = float(np.percentile(maps, 99.5))
+  for j, i in enumerate(pick):
+    axes[0, j].imshow(images[i])
+    if masks is not None and masks[i].any():
+      axes[0, j].contour(masks[i], levels=[0.5], colors="lime", linewidths=0.8)
+    axes[0, j].set_title(f"{'anom' if labels[i] else 'good'} s={scores[i]:.2f}", fontsize=8)
+    axes[1, j].imshow(images[i])
+    axes[1, j].imshow(maps[i], cmap="jet", alpha=0.5, vmin=float(maps.min()), vmax=vmax)
+    for a in axes[:, j]:
+      a.axis("off")
+  fig.tight_layout()
+  files.append(path_prefix + "_maps.png")
+  fig.savefig(files[-1], dpi=80)
+  plt.close(fig)
+  return files

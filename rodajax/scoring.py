@@ -1,0 +1,119 @@
+"""Nearest-neighbour scoring against a memory bank (PatchCore, Roth et al. 2022, Sec. 3.3).
+
+Patch score s(p) = min_{m in M} ||p - m||_2; image score s* = max_p s(p)
+(optionally reweighted, Eq. 7); anomaly map = patch scores bilinearly
+upsampled to the input crop and blurred by a Gaussian (sigma 4 px).
+"""
+from __future__ import annotations
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+@functools.partial(jax.jit, static_argnames=("chunk",))
+def nearest_neighbours(queries: jax.Array, bank: jax.Array, chunk: int = 2048):
+  """Euclidean distance of each query to its nearest bank row, and that row.
+
+  Args:
+    queries: `[Q, D]`.
+    bank: `[M, D]`.
+    chunk: queries per matmul; peak memory is about `chunk * M` floats.
+
+  Returns:
+    `(dist [Q] float32, index [Q] int32)`.
+  """
+  chex.assert_rank([queries, bank], 2)
+  chex.assert_equal(queries.shape[1], bank.shape[1])
+  q = queries.shape[0]
+  n = -(-q // chunk)
+  qp = jnp.pad(queries.astype(jnp.float32), ((0, n * chunk - q), (0, 0))).reshape(n, chunk, -1)
+  bank = bank.astype(jnp.float32)
+  bb = jnp.sum(bank * bank, axis=-1)
+
+  def one(x):
+    d2 = jnp.sum(x * x, -1)[:, None] - 2.0 * x @ bank.T + bb[None]
+    i = jnp.argmin(d2, axis=1)
+    return jnp.sqrt(jnp.maximum(jnp.take_along_axis(d2, i[:, None], 1)[:, 0], 0.0)), i.astype(jnp.int32)
+
+  d, i = lax.map(one, qp)
+  return d.reshape(-1)[:q], i.reshape(-1)[:q]
+
+
+def patch_scores(features: jax.Array, bank: jax.Array, chunk: int = 2048):
+  """`[B, h, w, D]` -> `(scores [B, h, w], nn_index [B, h, w])`."""
+  chex.assert_rank(features, 4)
+  b, h, w, d = features.shape
+  dist, idx = nearest_neighbours(features.reshape(-1, d), bank, chunk=chunk)
+  return dist.reshape(b, h, w), idx.reshape(b, h, w)
+
+
+def image_scores(scores: jax.Array) -> jax.Array:
+  """Image score = largest patch score: `[B, h, w]` -> `[B]`."""
+  return jnp.max(scores.reshape(scores.shape[0], -1), axis=1)
+
+
+def reweighted_image_scores(features: jax.Array, scores: jax.Array, nn_index: jax.Array,
+                            bank: jax.Array, neighbours: int = 3) -> jax.Array:
+  """PatchCore Eq. 7: s = (1 - exp||m_t - m*|| / sum_{m in N_b(m*)} exp||m_t - m||) s*.
+
+  m_t is the most anomalous test patch, m* its nearest bank entry and N_b(m*)
+  the `neighbours` nearest bank entries of m* (m* included).
+
+  Args:
+    features: `[B, h, w, D]`; scores, nn_index: `[B, h, w]`; bank: `[M, D]`.
+
+  Returns:
+    `[B]` reweighted image scores.
+  """
+  b = features.shape[0]
+  flat_s = scores.reshape(b, -1)
+  p = jnp.argmax(flat_s, axis=1)
+  mt = features.reshape(b, -1, features.shape[-1])[jnp.arange(b), p]
+  star = nn_index.reshape(b, -1)[jnp.arange(b), p]
+  ms = bank[star]
+  d2 = jnp.sum(ms * ms, -1)[:, None] - 2 * ms @ bank.T + jnp.sum(bank * bank, -1)[None]
+  _, nb = lax.top_k(-d2, neighbours)
+  dist = jnp.linalg.norm(mt[:, None] - bank[nb], axis=-1)
+  d_star = jnp.linalg.norm(mt - ms, axis=-1)
+  # Softmax form of exp(d*)/sum exp(d), stable for large distances.
+  w = 1.0 - jnp.exp(d_star - jax.nn.logsumexp(dist, axis=1))
+  return w * flat_s[jnp.arange(b), p]
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> jax.Array:
+  """Normalised 1-D Gaussian, radius int(truncate * sigma + 0.5), as scipy.ndimage."""
+  r = int(truncate * sigma + 0.5)
+  x = jnp.arange(-r, r + 1, dtype=jnp.float32)
+  k = jnp.exp(-0.5 * (x / sigma) ** 2)
+  return k / k.sum()
+
+
+def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
+  """Separable Gaussian blur of `[B, H, W]` with scipy's 'reflect' border (edge repeated)."""
+  if sigma <= 0:
+    return maps
+  k = gaussian_kernel1d(sigma)
+  r = (k.shape[0] - 1) // 2
+
+  def blur_axis(x, axis):
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r, r)
+    xp = jnp.pad(x, pad, mode="symmetric")
+    n = x.shape[axis]
+    out = 0.0
+    for i in range(k.shape[0]):
+      out = out + k[i] * lax.slice_in_dim(xp, i, i + n, axis=axis)
+    return out
+
+  return blur_axis(blur_axis(maps, 1), 2)
+
+
+def anomaly_maps(scores: jax.Array, size: int, sigma: float = 4.0) -> jax.Array:
+  """Patch scores `[B, h, w]` -> pixel maps `[B, size, size]` (bilinear, then Gaussian)."""
+  chex.assert_rank(scores, 3)
+  up = jax.image.resize(scores, (scores.shape[0], size, size), method="bilinear")
+  return gaussian_blur(up, sigma)
