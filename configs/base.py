@@ -44,5 +44,17 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # 1.0 = adapt and evaluate on the same images
 
   c.adapt = ml_collections.ConfigDict()
-  c.adapt.methods = "none"
+  c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
+  c.adapt.bn_mode = "source"       # BN statistics while adapting and testing: source | target
+  c.adapt.steps = 20               # optimiser steps
+  c.adapt.batch_images = 8         # target images per step
+  c.adapt.views = 4                # views per image (roda: rotations/flips; discrete_copy: copies)
+  c.adapt.patches = 512            # target patches drawn per step for the OT problem
+  c.adapt.lr = 1e-3
+  c.adapt.optimizer = "adam"
+  c.adapt.epsilon = 0.1            # entropic regularisation, relative to the mean cost
+  c.adapt.sinkhorn_threshold = 1e-3
+  c.adapt.sinkhorn_max_iterations = 100
+  c.adapt.kl_reg = 1e-3
+  c.adapt.hungarian_patches = 512
   return c

@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from rodajax import backbones, data, features, metrics, patchcore, report
+from rodajax import adapt, backbones, data, features, metrics, patchcore, report
 from rodajax.coreset import coreset_size
 
 log = logging.getLogger("rodajax")
@@ -55,10 +55,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for sev in _csv(config.shift.severities):
       corruptions.check(shifts[0], int(sev))
   methods = _csv(config.adapt.methods)
+  for m in methods:
+    adapt.check_method(m)
+  if config.adapt.bn_mode not in ("source", "target"):
+    raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use 'source' or 'target'")
   if any(m != "none" for m in methods):
-    from rodajax import adapt
-    for m in methods:
-      adapt.check_method(m)
     if config.shift.adapt_fraction <= 0.0:
       raise ConfigError("adaptation methods need target images: set config.shift.adapt_fraction "
                         "> 0 (e.g. 0.2)")
@@ -147,8 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   taps = _taps(config)
   weights = config.model.weights or None
   module, variables = backbones.create(config.model.backbone, weights, taps=taps, seed=config.seed)
-  extract = features.make_extractor(module, taps, config.data.crop, config.model.pool,
-                                    config.model.out_dim or None)
+  def make_extractor(train: bool = False):
+    return features.make_extractor(module, taps, config.data.crop, config.model.pool,
+                                   config.model.out_dim or None, train=train)
+
+  extract = make_extractor()
   methods = _csv(config.adapt.methods)
   for category in _csv(config.data.categories):
     ds = data.load(config.data, category, seed=config.seed)
@@ -170,15 +174,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
           continue
         t0 = time.perf_counter()
         info = {}
-        v_eval = variables
-        if method != "none":
-          from rodajax import adapt
-          v_eval, info = adapt.run(method, config, module, variables, extract, bank,
-                                   shifted[adapt_idx], jax.random.key(config.seed))
+        v_eval, info = adapt.run(method, config, module, variables, make_extractor, bank,
+                                 shifted[adapt_idx], jax.random.key(config.seed), progress=tqdm)
         t1 = time.perf_counter()
         scores, maps = patchcore.predict(
-            adapt.eval_extractor(config, module, extract) if method != "none" else extract,
-            v_eval, shifted[eval_idx], bank.bank, crop, config.batch_size,
+            adapt.eval_extractor(config, make_extractor, method), v_eval, shifted[eval_idx], bank.bank, crop, config.batch_size,
             config.scoring.sigma, config.scoring.chunk, config.scoring.reweight,
             progress=tqdm, desc=f"{category}/{shift}{severity or ''}/{method}: score")
         t2 = time.perf_counter()

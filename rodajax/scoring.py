@@ -11,6 +11,7 @@ import functools
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -84,11 +85,11 @@ def reweighted_image_scores(features: jax.Array, scores: jax.Array, nn_index: ja
   return w * flat_s[jnp.arange(b), p]
 
 
-def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> jax.Array:
-  """Normalised 1-D Gaussian, radius int(truncate * sigma + 0.5), as scipy.ndimage."""
+def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
+  """Normalised 1-D Gaussian, radius int(truncate * sigma + 0.5), as scipy.ndimage (a constant)."""
   r = int(truncate * sigma + 0.5)
-  x = jnp.arange(-r, r + 1, dtype=jnp.float32)
-  k = jnp.exp(-0.5 * (x / sigma) ** 2)
+  x = np.arange(-r, r + 1, dtype=np.float64)
+  k = np.exp(-0.5 * (x / sigma) ** 2)
   return k / k.sum()
 
 
@@ -106,7 +107,7 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
     n = x.shape[axis]
     out = 0.0
     for i in range(k.shape[0]):
-      out = out + k[i] * lax.slice_in_dim(xp, i, i + n, axis=axis)
+      out = out + float(k[i]) * lax.slice_in_dim(xp, i, i + n, axis=axis)
     return out
 
   return blur_axis(blur_axis(maps, 1), 2)

@@ -72,6 +72,7 @@ class ResNet(nn.Module):
   width_factor: int = 1
   num_classes: int = 1000
   taps: Sequence[str] | None = None
+  bn_momentum = 0.9  # running-average momentum of every BatchNorm (Flax convention)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
