@@ -121,19 +121,6 @@ def filter2d_reflect101(x: jax.Array, kernel: np.ndarray) -> jax.Array:
                                   feature_group_count=c, precision=lax.Precision.HIGHEST)
 
 
-def _gaussian_nearest(x: jax.Array, sigma: float) -> jax.Array:
-  from rodajax.scoring import gaussian_kernel1d
-  k = np.asarray(gaussian_kernel1d(sigma))
-  r = (len(k) - 1) // 2
-  for axis in (1, 2):
-    pad = [(0, 0)] * 4
-    pad[axis] = (r, r)
-    xp = jnp.pad(x, pad, mode="edge")
-    n = x.shape[axis]
-    x = sum(float(k[i]) * lax.slice_in_dim(xp, i, i + n, axis=axis) for i in range(len(k)))
-  return x
-
-
 def _pil_box_matrix(n_in: int, n_out: int) -> np.ndarray:
   """PIL's BOX resampling coefficients `[n_out, n_in]` (ImagingResample precompute_coeffs)."""
   scale = n_in / n_out
@@ -199,7 +186,8 @@ def speckle_noise(x, severity, key):
 
 
 def gaussian_blur(x, severity, key=None):
-  return _out(_gaussian_nearest(_unit(x), float(PARAMS["gaussian_blur"][severity - 1])))
+  from rodajax.scoring import gaussian_blur as blur
+  return _out(blur(_unit(x), float(PARAMS["gaussian_blur"][severity - 1]), mode="edge"))
 
 
 def defocus_blur(x, severity, key=None):

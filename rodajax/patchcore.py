@@ -22,7 +22,12 @@ def _identity(it: Iterable, **_) -> Iterable:
 
 def batched(fn: Callable, variables, images: np.ndarray, batch: int,
             progress: Callable = _identity, desc: str = "") -> np.ndarray:
-  """Applies jitted `fn(variables, images[batch])` over `images` in fixed-size batches."""
+  """Applies jitted `fn(variables, images[batch])` over `images` in fixed-size batches.
+
+  The last batch is padded by repeating its last image and the padding is cut
+  from the results. `fn` may return an array or a tuple of arrays; the result
+  has the same structure, concatenated along axis 0.
+  """
   n = len(images)
   out = []
   for s in progress(range(0, n, batch), desc=desc, total=-(-n // batch)):
@@ -30,8 +35,10 @@ def batched(fn: Callable, variables, images: np.ndarray, batch: int,
     m = len(x)
     if m < batch:
       x = np.concatenate([x, np.repeat(x[-1:], batch - m, axis=0)])
-    out.append(np.asarray(fn(variables, jnp.asarray(x)))[:m])
-  return np.concatenate(out) if out else np.zeros((0,))
+    out.append(jax.tree.map(lambda a: np.asarray(a)[:m], fn(variables, jnp.asarray(x))))
+  if not out:
+    return np.zeros((0,))
+  return jax.tree.map(lambda *a: np.concatenate(a), *out)
 
 
 @dataclasses.dataclass
@@ -82,14 +89,4 @@ def predict(extract: Callable, variables, images: np.ndarray, bank: np.ndarray, 
   """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`."""
   scorer = make_scorer(bank, crop, sigma, chunk, reweight)
   step = jax.jit(lambda v, x: scorer(extract(v, x)))
-  n = len(images)
-  scores, maps = [], []
-  for s in progress(range(0, n, batch), desc=desc, total=-(-n // batch)):
-    x = images[s:s + batch]
-    m = len(x)
-    if m < batch:
-      x = np.concatenate([x, np.repeat(x[-1:], batch - m, axis=0)])
-    a, b = step(variables, jnp.asarray(x))
-    scores.append(np.asarray(a)[:m])
-    maps.append(np.asarray(b)[:m])
-  return np.concatenate(scores), np.concatenate(maps)
+  return batched(step, variables, images, batch, progress, desc)

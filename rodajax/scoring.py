@@ -93,8 +93,12 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
   return k / k.sum()
 
 
-def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
-  """Separable Gaussian blur of `[B, H, W]` with scipy's 'reflect' border (edge repeated)."""
+def gaussian_blur(maps: jax.Array, sigma: float, mode: str = "symmetric") -> jax.Array:
+  """Separable Gaussian blur over axes 1 and 2 of `[B, H, W, ...]`, as scipy.ndimage.
+
+  `mode` is the `jnp.pad` border: "symmetric" is scipy's 'reflect' (edge
+  repeated), "edge" is scipy's 'nearest'.
+  """
   if sigma <= 0:
     return maps
   k = gaussian_kernel1d(sigma)
@@ -103,7 +107,7 @@ def gaussian_blur(maps: jax.Array, sigma: float) -> jax.Array:
   def blur_axis(x, axis):
     pad = [(0, 0)] * x.ndim
     pad[axis] = (r, r)
-    xp = jnp.pad(x, pad, mode="symmetric")
+    xp = jnp.pad(x, pad, mode=mode)
     n = x.shape[axis]
     out = 0.0
     for i in range(k.shape[0]):
