@@ -42,10 +42,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.shift.severities = "5"         # comma-separated, 1-5
   c.shift.adapt_fraction = 0.0     # share of the (shifted) test set used for adaptation;
                                    # 1.0 = adapt and evaluate on the same images
+  c.shift.adapt_fractions = ""     # comma-separated, e.g. "0.2,0.8,1.0": overrides adapt_fraction
 
   c.adapt = ml_collections.ConfigDict()
   c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
-  c.adapt.bn_mode = "source"       # BN statistics while adapting and testing: source | target
+  c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
+                                   # target_stats (re-estimated on the adaptation part) | target
   c.adapt.steps = 20               # optimiser steps
   c.adapt.batch_images = 8         # target images per step
   c.adapt.views = 4                # views per image (roda: rotations/flips; discrete_copy: copies)

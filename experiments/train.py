@@ -8,11 +8,13 @@ the records already there, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import time
+import zlib
 
 import jax
 import ml_collections
@@ -42,8 +44,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.data.crop > config.data.resize:
     raise ConfigError(f"config.data.crop={config.data.crop} exceeds config.data.resize="
                       f"{config.data.resize}")
-  if not 0.0 <= config.shift.adapt_fraction <= 1.0:
-    raise ConfigError(f"config.shift.adapt_fraction={config.shift.adapt_fraction} must be in [0, 1]")
+  try:
+    fractions = _fractions(config)
+  except ValueError as e:
+    raise ConfigError(f"config.shift.adapt_fractions={config.shift.adapt_fractions!r} must be "
+                      "comma-separated numbers in [0, 1]") from e
+  for f in fractions:
+    if not 0.0 <= f <= 1.0:
+      raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
   if not _csv(config.data.categories):
     raise ConfigError("config.data.categories is empty; name at least one category")
   backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
@@ -57,10 +65,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
   methods = _csv(config.adapt.methods)
   for m in methods:
     adapt.check_method(m)
-  if config.adapt.bn_mode not in ("source", "target"):
-    raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use 'source' or 'target'")
+  if config.adapt.bn_mode not in adapt.BN_MODES:
+    raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
+                      f"{', '.join(adapt.BN_MODES)}")
   if any(m != "none" for m in methods):
-    if config.shift.adapt_fraction <= 0.0:
+    if min(fractions) <= 0.0:
       raise ConfigError("adaptation methods need target images: set config.shift.adapt_fraction "
                         "> 0 (e.g. 0.2)")
 
@@ -120,6 +129,12 @@ def target_split(n: int, fraction: float, seed: int):
   return np.sort(perm[:k]), np.sort(perm[k:])
 
 
+def _fractions(config) -> list[float]:
+  """`config.shift.adapt_fractions` (comma-separated) if set, else [adapt_fraction]."""
+  many = _csv(config.shift.get("adapt_fractions", ""))
+  return [float(f) for f in many] if many else [float(config.shift.adapt_fraction)]
+
+
 def _shift_list(config):
   out = []
   sev = [int(s) for s in _csv(config.shift.severities)]
@@ -133,8 +148,22 @@ def _shifted(images, shift, severity, seed, batch):
   if shift == "clean":
     return images
   from rodajax import corruptions
-  key = jax.random.fold_in(jax.random.key(seed), hash((shift, severity)) % (2 ** 31))
+  # zlib.crc32, not hash(): str hashes change from one process to the next.
+  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
   return corruptions.apply_batched(shift, images, severity, key, batch)
+
+
+def build_model(config):
+  """`(module, variables, make_extractor)`; `make_extractor(train)` is memoised per mode."""
+  taps = _taps(config)
+  module, variables = backbones.create(config.model.backbone, config.model.weights or None,
+                                       taps=taps, seed=config.seed)
+
+  @functools.lru_cache(maxsize=None)  # one function per mode: jitted steps are reused
+  def make_extractor(train: bool = False):
+    return features.make_extractor(module, taps, config.data.crop, config.model.pool,
+                                   config.model.out_dim or None, train=train)
+  return module, variables, make_extractor
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -145,13 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     f.write(config.to_json_best_effort(indent=1))
   records = report.load_records(workdir)
   done = {report.record_id(r) for r in records}
-  taps = _taps(config)
-  weights = config.model.weights or None
-  module, variables = backbones.create(config.model.backbone, weights, taps=taps, seed=config.seed)
-  def make_extractor(train: bool = False):
-    return features.make_extractor(module, taps, config.data.crop, config.model.pool,
-                                   config.model.out_dim or None, train=train)
-
+  module, variables, make_extractor = build_model(config)
   extract = make_extractor()
   methods = _csv(config.adapt.methods)
   for category in _csv(config.data.categories):
@@ -160,16 +183,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     t_fit = time.perf_counter()
     bank, variables = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
     timing["fit_s"] = time.perf_counter() - t_fit
-    adapt_idx, eval_idx = target_split(len(ds.test), config.shift.adapt_fraction, config.seed)
-    test_eval = ds.test.subset(eval_idx)
-    crop = config.data.crop
-    masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
-    for shift, severity in _shift_list(config):
+    for fraction in _fractions(config):
+      adapt_idx, eval_idx = target_split(len(ds.test), fraction, config.seed)
+      _run_category(config, ds, module, variables, make_extractor, bank, timing, fraction,
+                    adapt_idx, eval_idx, methods, records, done, workdir)
+  if config.figures:
+    report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
+  return records
+
+
+def _run_category(config, ds, module, variables, make_extractor, bank, timing, fraction,
+                  adapt_idx, eval_idx, methods, records, done, workdir):
+  """Every (shift, severity, method) of one category and adaptation fraction."""
+  category = ds.category
+  test_eval = ds.test.subset(eval_idx)
+  crop = config.data.crop
+  masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
+  for shift, severity in _shift_list(config):
       shifted = _shifted(ds.test.images, shift, severity, config.seed, config.batch_size)
       for method in methods:
         rec = {"dataset": ds.name, "category": category, "shift": shift, "severity": severity,
-               "method": method}
-        rec["variant"] = None
+               "method": method, "variant": None, "adapt_fraction": fraction}
         if report.record_id(rec) in done:
           continue
         t0 = time.perf_counter()
@@ -195,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                     "per_type_image_auroc": m.get("per_type_image_auroc"),
                     "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
                     "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
-        if shift == "clean" and method == "none":
+        if shift == "clean" and method == "none" and fraction == _fractions(config)[0]:
           rec["timing"] = {**timing, "scoring_s": t2 - t1,
                            "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
           if config.figures:

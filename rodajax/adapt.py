@@ -19,9 +19,11 @@ Methods (`config.adapt.methods`):
   discrete_copy  discretised plan, `views` identical copies per image
   roda           discretised plan, `views` rotated / flipped views (RoDA)
 
-BatchNorm statistics (`config.adapt.bn_mode`): "source" normalises with the
-source running statistics while adapting and at test time; "target" uses each
-batch's own statistics in both.
+BatchNorm statistics (`config.adapt.bn_mode`), the same while adapting and at
+test time: "source" keeps the source running statistics; "target_stats"
+re-estimates them once on the target adaptation images (as `bn_stats` does)
+and then trains the affine parameters on top; "target" uses each batch's own
+statistics (test scores then depend on the test batch).
 """
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ METHODS = {
     "discrete_copy": ("discrete", None, "copy"),
     "roda": ("discrete", None, "dihedral"),
 }
+
+
+BN_MODES = ("source", "target_stats", "target")
 
 
 def check_method(name: str) -> None:
@@ -102,13 +107,23 @@ def method_loss(kind: str, z: jax.Array, key: jax.Array, bank: jax.Array, src_me
   return transport.discrete_loss(zs, bank, row, col), aux
 
 
-def make_step(method: str, extract: Callable, optimizer, bank, src_mean, src_cov, cfg):
-  """Jitted `step(params, opt_state, batch_stats, images, key) -> (params, opt_state, loss, aux)`."""
+_STEP_KEYS = ("views", "patches", "epsilon", "sinkhorn_threshold", "sinkhorn_max_iterations",
+              "kl_reg", "hungarian_patches", "lr", "optimizer")
+
+
+def make_step(method: str, extract: Callable, params, cfg) -> tuple[Callable, Any]:
+  """`(step, optimizer)`: the jitted BN-only update of `method` and its optimiser.
+
+  `step(params, opt_state, batch_stats, images [B, R, R, 3] uint8, key, bank [k, D],
+  src_mean [D], src_cov [D, D]) -> (params, opt_state, loss, aux)`. The bank and the
+  source statistics are arguments, so one compilation serves every shift and
+  category that share the extractor and config (see `cached_step`).
+  """
   kind, n_views, mode = METHODS[method]
   n_views = cfg.views if n_views is None else n_views
-  bank = jnp.asarray(bank)
+  optimizer = make_optimizer(params, cfg.lr, cfg.optimizer)
 
-  def loss_fn(bn_flat, frozen_flat, batch_stats, images, key):
+  def loss_fn(bn_flat, frozen_flat, batch_stats, images, key, bank, src_mean, src_cov):
     params = traverse_util.unflatten_dict({**bn_flat, **frozen_flat})
     k_view, k_loss = jax.random.split(key)
     x = augment.views(images, k_view, n_views, mode)
@@ -116,18 +131,32 @@ def make_step(method: str, extract: Callable, optimizer, bank, src_mean, src_cov
     return method_loss(kind, z.reshape(-1, z.shape[-1]), k_loss, bank, src_mean, src_cov, cfg)
 
   @jax.jit
-  def step(params, opt_state, batch_stats, images, key):
+  def step(params, opt_state, batch_stats, images, key, bank, src_mean, src_cov):
     # Differentiate w.r.t. the BatchNorm affine parameters only: XLA then drops
     # every convolution-kernel gradient (3-4x less work than a full backward).
     bn_flat, frozen_flat = split_bn(params)
     (loss, aux), g_bn = jax.value_and_grad(loss_fn, has_aux=True)(
-        bn_flat, frozen_flat, batch_stats, images, key)
+        bn_flat, frozen_flat, batch_stats, images, key, bank, src_mean, src_cov)
     grads = traverse_util.unflatten_dict(
         {**g_bn, **jax.tree.map(jnp.zeros_like, frozen_flat)})
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss, aux
 
-  return step
+  return step, optimizer
+
+
+_STEP_CACHE: dict = {}
+
+
+def cached_step(method: str, extract: Callable, params, cfg) -> tuple[Callable, Any]:
+  """`make_step`, memoised on (method, extractor, the config values the step reads)."""
+  key = (method, extract, jax.tree.structure(params),
+         tuple(cfg.get(k) for k in _STEP_KEYS))
+  if key not in _STEP_CACHE:
+    if len(_STEP_CACHE) > 32:
+      _STEP_CACHE.clear()
+    _STEP_CACHE[key] = make_step(method, extract, params, cfg)
+  return _STEP_CACHE[key]
 
 
 def target_batch_stats(module, variables, images: np.ndarray, crop: int, batch: int):
@@ -172,10 +201,12 @@ def run(method: str, config, module, variables, make_extractor: Callable, bank,
                      "config.shift.adapt_fraction")
   extract = make_extractor(cfg.bn_mode == "target")
   params, batch_stats = variables["params"], variables["batch_stats"]
-  optimizer = make_optimizer(params, cfg.lr, cfg.optimizer)
+  if cfg.bn_mode == "target_stats":
+    batch_stats = target_batch_stats(module, variables, adapt_images, config.data.crop,
+                                     config.batch_size)
+  step, optimizer = cached_step(method, extract, params, cfg)
   opt_state = optimizer.init(params)
-  step = make_step(method, extract, optimizer, bank.bank, jnp.asarray(bank.feature_mean),
-                   jnp.asarray(bank.feature_cov), cfg)
+  statics = (jnp.asarray(bank.bank), jnp.asarray(bank.feature_mean), jnp.asarray(bank.feature_cov))
   rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2 ** 31 - 1)))
   loss_hist, conv, iters = [], [], []
   it = range(cfg.steps)
@@ -184,7 +215,8 @@ def run(method: str, config, module, variables, make_extractor: Callable, bank,
   for s in it:
     idx = rng.choice(len(adapt_images), batch, replace=False)
     new_params, new_state, loss, aux = step(params, opt_state, batch_stats,
-                                            jnp.asarray(adapt_images[idx]), jax.random.fold_in(key, s))
+                                            jnp.asarray(adapt_images[idx]), jax.random.fold_in(key, s),
+                                            *statics)
     loss = float(loss)
     if not np.isfinite(loss):
       info["error"] = f"non-finite loss at step {s}; kept the parameters of step {s - 1}"
@@ -213,3 +245,57 @@ def eval_extractor(config, make_extractor: Callable, method: str):
   """The extractor for evaluation: batch statistics in 'target' BN mode, else source."""
   target = config.adapt.bn_mode == "target" and method not in ("none", "bn_stats")
   return make_extractor(target)
+
+
+def assignment_analysis(method: str, extract: Callable, variables, images: np.ndarray,
+                        masks: np.ndarray, key: jax.Array, bank: jax.Array, cfg) -> dict:
+  """Paper Fig. 5a: how much of the OT loss falls on anomalous target patches.
+
+  Runs the first step's transport problem (source parameters) of `method` on
+  each minibatch of `images` (uint8 `[N, R, R, 3]`) with ground-truth `masks`
+  (`[N, crop, crop]`, already centre-cropped); masks follow the images through
+  the same views. Counts, summed over minibatches: target patches, anomalous
+  ones, anomalous ones that some bank entry picks as its column argmax, and
+  the anomalous share of the loss weight (continuous plan: the row marginal,
+  uniform, so the share equals the anomalous fraction; discrete: the counted
+  pairs of `transport.assignment_weights`).
+  """
+  from rodajax.features import patch_labels
+  kind, n_views, mode = METHODS[method]
+  if kind not in ("continuous", "discrete"):
+    raise ValueError(f"assignment analysis needs an OT method, not {method!r}; use sinkhorn, "
+                     "discrete, discrete_copy or roda")
+  n_views = cfg.views if n_views is None else n_views
+  bank = jnp.asarray(bank)
+  tot = {"patches": 0, "anomalous": 0, "anomalous_picked": 0, "weight": 0.0, "anomalous_weight": 0.0}
+  batch = min(cfg.batch_images, len(images))
+  for s in range(0, len(images) - batch + 1, batch):
+    k = jax.random.fold_in(key, s)
+    k_view, k_sub = jax.random.split(k)
+    x = augment.views(jnp.asarray(images[s:s + batch]), k_view, n_views, mode)
+    mv = augment.views(jnp.asarray(masks[s:s + batch])[..., None], k_view, n_views, mode)[..., 0]
+    z = extract(variables, x)
+    lab = patch_labels(mv, z.shape[1:3]).reshape(-1)
+    z = z.reshape(-1, z.shape[-1])
+    n = min(cfg.patches, z.shape[0])
+    pick = jax.random.choice(k_sub, z.shape[0], (n,), replace=False)
+    zs, lab = z[pick], np.asarray(lab[pick])
+    pot = transport.sinkhorn_potentials(zs, bank, cfg.epsilon, True, cfg.sinkhorn_threshold,
+                                        cfg.sinkhorn_max_iterations)
+    if kind == "continuous":
+      w = np.full(n, 1.0 / n)
+      picked = np.zeros(n, bool)
+    else:
+      row, col = transport.plan_argmaxes(zs, bank, pot.f, pot.g)
+      w = np.asarray(transport.assignment_weights(row, col))
+      picked = np.zeros(n, bool)
+      picked[np.asarray(col)] = True
+    tot["patches"] += n
+    tot["anomalous"] += int(lab.sum())
+    tot["anomalous_picked"] += int((picked & lab).sum())
+    tot["weight"] += float(w.sum())
+    tot["anomalous_weight"] += float(w[lab].sum())
+  return {"n_patches": tot["patches"], "n_anomalous": tot["anomalous"],
+          "anomalous_fraction": 100.0 * tot["anomalous"] / max(tot["patches"], 1),
+          "anomalous_picked_by_bank": tot["anomalous_picked"],
+          "anomalous_loss_share": 100.0 * tot["anomalous_weight"] / max(tot["weight"], 1e-12)}

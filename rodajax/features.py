@@ -94,3 +94,16 @@ def make_extractor(module, taps: Sequence[str], crop: int, pool: int = 3,
       maps = module.apply(variables, x, train=False)
     return patch_features(maps, taps, pool, out_dim)
   return extract
+
+
+def patch_labels(masks: jax.Array, grid: tuple[int, int]) -> jax.Array:
+  """Anomalous patches `[B, h, w]` bool: cells of the grid holding any mask pixel.
+
+  Args:
+    masks: `[B, H, W]` ground truth at the crop resolution (nonzero = anomalous),
+      H and W multiples of the grid.
+  """
+  b, hh, ww = masks.shape
+  h, w = grid
+  cells = (masks > 0).reshape(b, h, hh // h, w, ww // w)
+  return jnp.any(cells, axis=(2, 4))

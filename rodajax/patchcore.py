@@ -7,6 +7,7 @@ last batch padded, so one compilation serves all); they do no file I/O. Pass
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Iterable
 
 import jax
@@ -70,12 +71,10 @@ def fit_memory_bank(train_features: np.ndarray, key: jax.Array, ratio: float | N
   return MemoryBank(np.asarray(flat[idx]), np.asarray(mean), np.asarray(cov), (h, w))
 
 
-def make_scorer(bank: jax.Array, crop: int, sigma: float = 4.0, chunk: int = 2048,
-                reweight: int = 0) -> Callable:
-  """`f(features [B, h, w, D]) -> (image_scores [B], maps [B, crop, crop])`, jit-able."""
-  bank = jnp.asarray(bank)
+def make_scorer(crop: int, sigma: float = 4.0, chunk: int = 2048, reweight: int = 0) -> Callable:
+  """`f(features [B, h, w, D], bank [k, D]) -> (image_scores [B], maps [B, crop, crop])`, jit-able."""
 
-  def score(features):
+  def score(features, bank):
     s, idx = scoring.patch_scores(features, bank, chunk=chunk)
     img = (scoring.reweighted_image_scores(features, s, idx, bank, reweight) if reweight
            else scoring.image_scores(s))
@@ -83,10 +82,18 @@ def make_scorer(bank: jax.Array, crop: int, sigma: float = 4.0, chunk: int = 204
   return score
 
 
+@functools.lru_cache(maxsize=32)
+def _predict_step(extract: Callable, crop: int, sigma: float, chunk: int, reweight: int):
+  # The bank is an argument, not a closure constant: one compilation serves
+  # every (shift, method) that shares the extractor.
+  scorer = make_scorer(crop, sigma, chunk, reweight)
+  return jax.jit(lambda v, bank, x: scorer(extract(v, x), bank))
+
+
 def predict(extract: Callable, variables, images: np.ndarray, bank: np.ndarray, crop: int,
             batch: int = 16, sigma: float = 4.0, chunk: int = 2048, reweight: int = 0,
             progress: Callable = _identity, desc: str = "score"):
   """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`."""
-  scorer = make_scorer(bank, crop, sigma, chunk, reweight)
-  step = jax.jit(lambda v, x: scorer(extract(v, x)))
-  return batched(step, variables, images, batch, progress, desc)
+  step = _predict_step(extract, crop, float(sigma), chunk, reweight)
+  bank = jnp.asarray(bank)
+  return batched(lambda v, x: step(v, bank, x), variables, images, batch, progress, desc)

@@ -16,7 +16,7 @@ import numpy as np
 
 RECORD_KEYS = ("dataset", "category", "shift", "severity", "method", "image_auroc",
                "pixel_auroc", "aupro", "n_train", "n_test", "seconds")
-IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant")
+IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant", "adapt_fraction")
 
 
 def atomic_write(path: str, text: str | bytes) -> None:
@@ -61,7 +61,8 @@ def save_records(workdir: str, records: Sequence[dict]) -> None:
   """results.json and results.md, both atomically."""
   records = [_clean(r) for r in records]
   atomic_write(os.path.join(workdir, "results.json"), json.dumps(records, indent=1))
-  atomic_write(os.path.join(workdir, "results.md"), markdown_table(records))
+  atomic_write(os.path.join(workdir, "results.md"),
+               summary_markdown(records) + "\n## All records\n\n" + markdown_table(records))
 
 
 def _fmt(v):
@@ -92,6 +93,51 @@ def pivot(records: Sequence[dict], row: str, col: str, value: str) -> str:
     mean = sum(num) / len(num) if num else None
     lines.append(f"| {rv} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(mean)} |")
   return "\n".join(lines) + "\n"
+
+
+def summary_markdown(records: Sequence[dict]) -> str:
+  """Method x shift pivots of each metric, one block per (dataset, category, severity, fraction)."""
+  groups: dict = {}
+  for r in records:
+    key = (r.get("dataset"), r.get("category"), r.get("severity"), r.get("adapt_fraction"))
+    groups.setdefault(key, []).append(r)
+  out = []
+  for (ds, cat, sev, frac), recs in groups.items():
+    for metric in ("image_auroc", "pixel_auroc", "aupro"):
+      if all(r.get(metric) is None for r in recs):
+        continue
+      out.append(f"### {ds}/{cat}, severity {sev}, adaptation fraction {frac}: {metric}\n")
+      out.append(pivot(recs, "method", "shift", metric))
+  return "\n".join(out)
+
+
+def plot_severity(records: Sequence[dict], path: str, metric: str = "image_auroc") -> str | None:
+  """Metric against severity, one line per method, one panel per (category, shift); PNG."""
+  sev = sorted({r["severity"] for r in records if r.get("shift") != "clean"})
+  if len(sev) < 2:
+    return None
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  panels = list(dict.fromkeys((r["category"], r["shift"]) for r in records if r["shift"] != "clean"))
+  methods = list(dict.fromkeys(r["method"] for r in records))
+  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
+  for ax, (cat, shift) in zip(axes[0], panels):
+    for m in methods:
+      pts = sorted((r["severity"], r[metric]) for r in records if r["category"] == cat
+                   and r["shift"] == shift and r["method"] == m and r.get(metric) is not None)
+      if pts:
+        ax.plot(*zip(*pts), marker="o", label=m)
+    ax.set_title(f"{cat}: {shift}", fontsize=9)
+    ax.set_xlabel("severity")
+    ax.set_xticks(sev)
+  axes[0, 0].set_ylabel(metric.replace("_", " ") + " (%)")
+  axes[0, -1].legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
 
 
 def save_figures(path_prefix: str, images: np.ndarray, maps: np.ndarray, labels: np.ndarray,

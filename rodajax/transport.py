@@ -171,3 +171,14 @@ def hungarian_loss(z: jax.Array, bank_sub: jax.Array) -> jax.Array:
                              jax.ShapeDtypeStruct((z.shape[0],), jnp.int32), c)
   diff = z - lax.stop_gradient(bank_sub)[assign]
   return jnp.mean(jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12)))
+
+
+def assignment_weights(row: jax.Array, col: jax.Array) -> jax.Array:
+  """Weight of each target patch in the discrete loss: its counted pairs `[n]` (Eq. 6).
+
+  Patch i owns its row pair plus one pair per bank entry j whose column
+  argmax is i (unless that pair is its row pair). The weights sum to the
+  loss's normaliser `sum_ij pi_ij`.
+  """
+  ti, _, w = discrete_pairs(row, col)
+  return jnp.zeros(row.shape[0]).at[ti].add(w)

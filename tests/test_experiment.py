@@ -20,6 +20,7 @@ def _tiny_config(root, **kw):
   c.data.resize, c.data.crop = 64, 64
   c.batch_size = 4
   c.figures = False
+  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = "clean", "none", 0.0
   for k, v in kw.items():
     sub, key = k.split("__")
     c[sub][key] = v
@@ -32,7 +33,8 @@ def test_main_command_smoke_writes_results_and_resumes(tmp_path):
   cmd = [sys.executable, "-m", "experiments.roda", "--config", os.path.join(ROOT, "configs/mvtec.py"),
          f"--config.data.root={tmp_path / 'data'}", "--config.data.categories=widget",
          "--config.data.resize=64", "--config.data.crop=64", "--config.batch_size=4",
-         f"--workdir={work}"]
+         "--config.shift.corruptions=clean", "--config.adapt.methods=none",
+         "--config.shift.adapt_fraction=0.0", f"--workdir={work}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   recs = json.load(open(work / "results.json"))
@@ -85,12 +87,45 @@ def test_results_are_deterministic(tmp_path):
   assert [r["pixel_auroc"] for r in a] == [r["pixel_auroc"] for r in b]
 
 
+def test_shift_and_adaptation_records_for_each_fraction(tmp_path):
+  write_mvtec(tmp_path / "data", n_train=6, n_good=6, n_bad=6, size=64)
+  c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="3,5",
+                   adapt__methods="none,bn_stats,roda", shift__adapt_fractions="0.5,1.0",
+                   adapt__steps=2, adapt__batch_images=2, adapt__patches=64)
+  recs = train.train_and_evaluate(c, str(tmp_path / "w"))
+  # 2 fractions x (clean + contrast at 2 severities) x 3 methods
+  assert len(recs) == 2 * 3 * 3
+  keys = {(r["adapt_fraction"], r["shift"], r["severity"], r["method"]) for r in recs}
+  assert (0.5, "contrast", 3, "roda") in keys and (1.0, "clean", 0, "bn_stats") in keys
+  half = [r for r in recs if r["adapt_fraction"] == 0.5]
+  assert all((r["n_adapt"], r["n_test"]) == (6, 6) for r in half)
+  assert all((r["n_adapt"], r["n_test"]) == (12, 12) for r in recs if r["adapt_fraction"] == 1.0)
+  roda = [r for r in recs if r["method"] == "roda"]
+  assert all(r["steps"] == 2 and "sinkhorn_converged_frac" in r for r in roda)
+  # Methods on the same part see the same images: bn_stats differs from none only via BN.
+  assert all(r["image_auroc"] is not None for r in recs)
+  md = open(tmp_path / "w" / "results.md").read()
+  assert "adaptation fraction 0.5: image_auroc" in md and "| roda |" in md
+  # A rerun resumes: nothing is recomputed.
+  again = train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert [r["seconds"] for r in again] == [r["seconds"] for r in recs]
+
+
 def test_config_errors_are_clear(tmp_path):
   write_mvtec(tmp_path / "data", size=64)
   with pytest.raises(train.ConfigError, match=r"coreset.ratio=1.5 must be in \(0, 1\]"):
     train.train_and_evaluate(_tiny_config(tmp_path / "data", coreset__ratio=1.5), str(tmp_path / "w"))
   with pytest.raises(Exception, match="category 'nope' not found.*widget"):
     train.train_and_evaluate(_tiny_config(tmp_path / "data", data__categories="nope"), str(tmp_path / "w"))
+  for kw, msg in [(dict(shift__corruptions="gaussian_noise", shift__severities="6"),
+                   "severity must be an integer from 1 to 5, got 6"),
+                  (dict(shift__corruptions="fog"), "unknown corruption 'fog'.*gaussian_noise"),
+                  (dict(adapt__methods="none,tent"), "unknown adaptation method 'tent'.*roda"),
+                  (dict(shift__adapt_fractions="0.2,1.5"), r"fraction 1.5 .* must be in \[0, 1\]"),
+                  (dict(adapt__methods="roda"), "need target images"),
+                  (dict(adapt__bn_mode="batch"), "bn_mode='batch'; use one of source")]:
+    with pytest.raises(Exception, match=msg):
+      train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "w"))
   out = subprocess.run([sys.executable, "-m", "experiments.roda", "--config",
                         os.path.join(ROOT, "configs/mvtec.py"), "--config.data.rooot=x"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -102,5 +137,6 @@ def test_bottle_clean_image_auroc(tmp_path):
   c = mvtec_config.get_config()
   c.data.root = os.path.dirname(root)
   c.figures = False
+  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = "clean", "none", 0.0
   recs = train.train_and_evaluate(c, str(tmp_path))
   assert recs[0]["image_auroc"] >= 98.0

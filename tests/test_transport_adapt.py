@@ -41,12 +41,12 @@ def test_only_batchnorm_affine_parameters_change():
   ext = features.make_extractor(module, ("stage3", "stage5"), 64)
   cfg = base.get_base_config().adapt
   cfg.patches = 64
-  opt = adapt.make_optimizer(variables["params"], 1e-2)
+  cfg.lr = 1e-2
   bank = jax.random.normal(jax.random.key(0), (128, 152))
-  step = adapt.make_step("roda", ext, opt, bank, jnp.zeros(152), jnp.eye(152), cfg)
+  step, opt = adapt.make_step("roda", ext, variables["params"], cfg)
   imgs = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)), jnp.uint8)
   p, _, loss, _ = step(variables["params"], opt.init(variables["params"]), variables["batch_stats"],
-                       imgs, jax.random.key(1))
+                       imgs, jax.random.key(1), bank, jnp.zeros(152), jnp.eye(152))
   assert np.isfinite(float(loss))
   before, after = traverse_util.flatten_dict(variables["params"]), traverse_util.flatten_dict(p)
   labels = traverse_util.flatten_dict(adapt.bn_labels(variables["params"]))

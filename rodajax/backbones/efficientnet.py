@@ -191,17 +191,21 @@ class EfficientNetLite(nn.Module):
   depth: float = 1.0
   num_classes: int = 1000
   taps: Sequence[str] | None = None  # stop early once these outputs exist
+  start_block: int = 0  # > 0: `x` is the output of block start_block - 1 (a cached trunk)
   bn_momentum = 0.99  # running-average momentum of every BatchNorm (Flax convention)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = {}
     done = lambda: self.taps is not None and all(t in out for t in self.taps)
-    x = nn.Conv(32, (3, 3), strides=2, padding="SAME", use_bias=False, name="_conv_stem")(x)
-    x = nn.relu6(_bn("_bn0", train)(x))
-    out["stem"] = x
+    if self.start_block == 0:
+      x = nn.Conv(32, (3, 3), strides=2, padding="SAME", use_bias=False, name="_conv_stem")(x)
+      x = nn.relu6(_bn("_bn0", train)(x))
+      out["stem"] = x
     specs = block_specs(self.width, self.depth)
     for idx, (k, s, e, i, o, stage) in enumerate(specs):
+      if idx < self.start_block:
+        continue
       x = MBConv(k, s, e, i, o, name=f"_blocks_{idx}")(x, train)
       out[f"block{idx}"] = x
       if idx + 1 == len(specs) or specs[idx + 1][5] != stage:

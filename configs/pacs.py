@@ -1,0 +1,21 @@
+"""UDA one-class AD on PACS: Photo -> Art painting, Cartoon, Sketch, one-vs-all.
+
+Run:
+  python -m experiments.uda --config configs/pacs.py
+  python -m experiments.uda --config configs/pacs.py --config.data.root=/data/PACS \
+      --config.uda.methods=source_only,all_target,cluster_f,cluster_psi,few_shot,oracle
+
+For each normal class c (7) and target domain (3), seeds 0-2: Deep SVDD on c's photos,
+aligned (contrastive, Eqs. 8-9) with the dominant K-means cluster of the unlabelled
+target set (c's target images + 10% other classes), scored on held-out target images.
+Writes <workdir>/results.{json,md}: methods x targets, mean ± std over classes and
+seeds (the paper's Table 5 layout). Frozen features are cached per domain.
+Expect on 2 CPU cores: ~2 min of feature caching, then tens of seconds per run.
+"""
+from configs.uda_base import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.data.root = "../shared/data/pacs"
+  return c

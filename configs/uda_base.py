@@ -1,0 +1,46 @@
+"""Shared defaults of the UDA one-class configs (not an experiment by itself)."""
+import ml_collections
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0                     # first seed; runs use seed .. seed + seeds - 1
+  c.seeds = 3
+  c.batch_size = 32              # images per forward pass when caching frozen features
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "domains"        # domains (<root>/<domain>/<class>/<images>) | elpv
+  c.data.dataset_name = "pacs"   # the `dataset` field of the records
+  c.data.root = ""
+  c.data.source = "photo"
+  c.data.targets = "art_painting,cartoon,sketch"
+  c.data.classes = ""            # "" = every class of the source domain
+  c.data.resize = 224            # images resized (bicubic) to this square, no crop
+  c.data.contamination = 0.1     # anomalous share of the unlabelled target train set, [0, 1)
+  c.data.target_train_fraction = 0.5
+  c.data.max_test_per_class = 30  # anomalous test images drawn per other class (0 = all)
+  c.data.max_source = 0          # 0 = every source image of the normal class
+  c.data.min_images = 8
+  c.data.anomaly_threshold = 0.67  # ELPV only
+
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "efficientnet_lite0"
+  c.model.tail_stage = 6         # stages before it are frozen and cached; from it on, f trains
+  c.model.out_dim = 128          # projection head (bias-free)
+
+  c.uda = ml_collections.ConfigDict()
+  c.uda.methods = "source_only,cluster_psi"
+  c.uda.alignment = "contrastive"  # contrastive (Eqs. 8-9) | mmd | adversarial
+  c.uda.psi = "efficientnet_lite0"  # frozen encoder of the clustering, or "f"
+  c.uda.cluster = "kmeans"       # kmeans (OTT) | gmm | meanshift (scikit-learn)
+  c.uda.clusters = 3             # K
+  c.uda.few_shot_k = 10
+  c.uda.trainable = "bn_head"    # bn_head (BN affine of the tail + head) | all (whole tail)
+  c.uda.lambda_ad = 1.0
+  c.uda.lambda_uda = 1.0
+  c.uda.tau = 0.1
+  c.uda.lr = 1e-3
+  c.uda.steps = 100
+  c.uda.batch = 32
+  c.uda.grl_scale = 1.0
+  return c

@@ -1,0 +1,244 @@
+"""`train_and_evaluate(config, workdir)` for UDA in one-class AD (one-vs-all protocol).
+
+For every (target domain, normal class, seed, method) of the config: the
+seeded one-vs-all split (`rodajax.data.domains.one_vs_all`), the set D aligned
+with the source (by method), Deep SVDD + alignment training (`rodajax.uda`),
+and the AUC of ||f(x) - mu||^2 on the target test part. The frozen trunk and
+psi features of every image are computed once per domain and cached under
+`workdir/cache/`; records are written atomically to `workdir/results.json`
+as they come, and a rerun skips those already there.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from rodajax import backbones, cluster, metrics, report, uda
+from rodajax.data import domains, images
+from rodajax.features import crop_and_normalise
+
+METHODS = ("source_only", "all_target", "cluster_f", "cluster_psi", "few_shot", "oracle")
+IDENTITY = ("dataset", "source", "target", "normal_class", "method", "seed")
+KEYS = ("dataset", "source", "target", "normal_class", "method", "seed", "auc")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and the fix."""
+
+
+def _csv(v):
+  return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else list(v)
+
+
+def load_index(config):
+  if config.data.name == "elpv":
+    return domains.elpv_domains(config.data.anomaly_threshold)
+  if config.data.name == "domains":
+    return domains.index_domains(config.data.root)
+  raise ConfigError(f"config.data.name={config.data.name!r}; use 'domains' (a <root>/<domain>/"
+                    "<class> tree: PACS, Office-31, Office-Home, VisDA) or 'elpv'")
+
+
+def validate(config, index) -> None:
+  domains.check_names(index, config.data.source, config.data.source,
+                      _csv(config.data.classes)[0] if _csv(config.data.classes) else "")
+  for t in _csv(config.data.targets):
+    for c in _csv(config.data.classes):
+      domains.check_names(index, config.data.source, t, c)
+  for m in _csv(config.uda.methods):
+    if m not in METHODS:
+      raise ConfigError(f"unknown uda method {m!r}; known: {', '.join(METHODS)}")
+  if config.uda.alignment not in uda.ALIGNMENTS:
+    raise ConfigError(f"unknown uda.alignment {config.uda.alignment!r}; known: "
+                      f"{', '.join(uda.ALIGNMENTS)}")
+  if config.uda.cluster not in cluster.METHODS:
+    raise ConfigError(f"unknown uda.cluster {config.uda.cluster!r}; known: "
+                      f"{', '.join(cluster.METHODS)}")
+  if not 0.0 <= config.data.contamination < 1.0:
+    raise ConfigError(f"config.data.contamination={config.data.contamination} must be in [0, 1)")
+  if config.uda.trainable not in uda.TRAINABLE:
+    raise ConfigError(f"unknown uda.trainable {config.uda.trainable!r}; known: "
+                      f"{', '.join(uda.TRAINABLE)}")
+
+
+def _all_classes(config, index):
+  return _csv(config.data.classes) or sorted(index[config.data.source])
+
+
+class FeatureCache:
+  """Frozen trunk and psi features of every image of a domain, computed once."""
+
+  def __init__(self, config, workdir, index):
+    self.config, self.index = config, index
+    self.backbone, self.vars = backbones.create(config.model.backbone, "pretrained")
+    if not isinstance(self.backbone, backbones.EfficientNetLite):
+      raise ConfigError("UDA needs an EfficientNet-Lite backbone (config.model.backbone)")
+    self.start = uda.stage_start(self.backbone, config.model.tail_stage)
+    self.dir = os.path.join(workdir, "cache")
+    self.mem: dict[str, dict] = {}
+    psi = config.uda.psi
+    self.psi_module = self.psi_vars = None
+    if psi not in ("f",):
+      self.psi_module, self.psi_vars = backbones.create(psi, "pretrained")
+
+  def _key(self, domain):
+    c = self.config
+    blob = json.dumps([c.data.name, os.path.abspath(c.data.root) if c.data.root else "",
+                       domain, c.data.resize, c.model.backbone, c.model.tail_stage, c.uda.psi,
+                       self.index[domain]], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+  def domain(self, domain: str) -> dict:
+    """`{"paths": [...], "trunk": [N, h, w, C] float32, "psi": [N, D]}` for a domain."""
+    if domain in self.mem:
+      return self.mem[domain]
+    path = os.path.join(self.dir, f"{domain}_{self._key(domain)}.npz")
+    paths = [p for c in sorted(self.index[domain]) for p in self.index[domain][c]]
+    if os.path.exists(path):
+      with np.load(path) as z:
+        out = {"trunk": z["trunk"].astype(np.float32), "psi": z["psi"]}
+    else:
+      size, bs = self.config.data.resize, self.config.batch_size
+      trunk_fn = jax.jit(uda.trunk_features(self.backbone, self.vars, self.start))
+      psi_fn = None
+      if self.psi_module is not None:
+        m = self.psi_module
+        psi_fn = jax.jit(lambda x: m.apply(self.psi_vars, x, train=False)["pooled"])
+      tr, ps = [], []
+      for s in tqdm(range(0, len(paths), bs), desc=f"{domain}: frozen features"):
+        x = crop_and_normalise(jax.numpy.asarray(images.load_many(paths[s:s + bs], size)), size)
+        # float16 storage: identical numbers whether computed now or read back later
+        tr.append(np.asarray(trunk_fn(x)).astype(np.float16))
+        if psi_fn is not None:
+          ps.append(np.asarray(psi_fn(x)))
+      out = {"trunk": np.concatenate(tr), "psi": np.concatenate(ps) if ps else np.zeros((len(paths), 0))}
+      os.makedirs(self.dir, exist_ok=True)
+      tmp = path + ".tmp.npz"
+      np.savez(tmp, trunk=out["trunk"], psi=out["psi"])
+      os.replace(tmp, path)
+      out["trunk"] = out["trunk"].astype(np.float32)
+    out["paths"] = paths
+    out["pos"] = {p: i for i, p in enumerate(paths)}
+    self.mem[domain] = out
+    return out
+
+  def take(self, domain, paths, what="trunk"):
+    d = self.domain(domain)
+    return d[what][[d["pos"][p] for p in paths]]
+
+
+def dominant_set(method, config, split, cache, model, variables, key, target):
+  """D (bool over the target train set) for `method`; None for source_only."""
+  n = len(split.target_train)
+  lab = split.target_train_labels
+  if method == "source_only":
+    return np.zeros(n, bool)
+  if method == "all_target":
+    return np.ones(n, bool)
+  if method == "oracle":
+    return lab == 0
+  if method == "few_shot":
+    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2 ** 31 - 1)))
+    normal = np.flatnonzero(lab == 0)
+    d = np.zeros(n, bool)
+    d[rng.choice(normal, min(config.uda.few_shot_k, len(normal)), replace=False)] = True
+    return d
+  if method == "cluster_f" or config.uda.psi == "f":
+    feats = uda.embed(model, variables, cache.take(target, split.target_train))
+  else:
+    feats = cache.take(target, split.target_train, "psi")
+  return cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster)
+
+
+def settings(config, method) -> uda.Settings:
+  u = config.uda
+  return uda.Settings(alignment="none" if method == "source_only" else u.alignment,
+                      lambda_ad=u.lambda_ad, lambda_uda=u.lambda_uda, tau=u.tau, lr=u.lr,
+                      steps=u.steps, batch=u.batch, trainable=u.trainable, grl_scale=u.grl_scale)
+
+
+def run_one(config, cache, split, method, seed, target):
+  """Trains and scores one (split, method, seed); returns the record's numbers."""
+  key = jax.random.key(seed)
+  k_init, k_dom, k_train = jax.random.split(key, 3)
+  src, tgt = config.data.source, target
+  hs = cache.take(src, split.source_train)
+  ht = cache.take(tgt, split.target_train)
+  hte = cache.take(tgt, split.target_test)
+  model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
+                                    k_init, hs)
+  dom = dominant_set(method, config, split, cache, model, variables, k_dom, tgt)
+  v, mu, info = uda.train(model, variables, hs, ht, dom, settings(config, method), k_train)
+  s = uda.scores(model, v, hte, mu)
+  lab = split.target_train_labels
+  out = {"auc": metrics.auroc(split.target_test_labels, s), **info,
+         "n_source": len(hs), "n_target_train": len(ht), "n_target_test": len(hte),
+         "n_target_anomalous": int(lab.sum()), "d_size": int(dom.sum()),
+         "d_purity": float(np.mean(lab[dom] == 0)) * 100 if dom.any() else None}
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  index = load_index(config)
+  validate(config, index)
+  os.makedirs(workdir, exist_ok=True)
+  report.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
+  records = report.load_records(workdir)
+  done = {tuple(r.get(k) for k in IDENTITY) for r in records}
+  cache = FeatureCache(config, workdir, index)
+  classes = _all_classes(config, index)
+  jobs = [(t, c, seed, m) for t in _csv(config.data.targets) for c in classes
+          for seed in range(config.seed, config.seed + config.seeds) for m in _csv(config.uda.methods)]
+  for t, c, seed, m in tqdm(jobs, desc="uda runs"):
+    rec = {"dataset": config.data.dataset_name, "source": config.data.source, "target": t,
+           "normal_class": c, "method": m, "seed": seed}
+    if tuple(rec[k] for k in IDENTITY) in done:
+      continue
+    split = domains.one_vs_all(index, config.data.source, t, c, seed, config.data.contamination,
+                               config.data.target_train_fraction,
+                               config.data.max_test_per_class or None,
+                               config.data.max_source or None, config.data.min_images)
+    t0 = time.perf_counter()
+    rec.update(run_one(config, cache, split, m, seed, t))
+    rec.update({"alignment": None if m == "source_only" else config.uda.alignment,
+                "contamination": config.data.contamination, "seconds": time.perf_counter() - t0})
+    records.append(rec)
+    done.add(tuple(rec[k] for k in IDENTITY))
+    save(workdir, records)
+    print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in KEYS), flush=True)
+  return records
+
+
+def table(records, row="method", col="target", value="auc") -> str:
+  """Rows: methods; columns: targets; cells: mean +- std over classes and seeds (Table 5)."""
+  rows = list(dict.fromkeys(r[row] for r in records))
+  cols = list(dict.fromkeys(r[col] for r in records))
+  lines = [f"| {row} \\ {col} | " + " | ".join(cols) + " | mean |", "|" + "---|" * (len(cols) + 2)]
+  for rv in rows:
+    cells, means = [], []
+    for cv in cols:
+      v = [r[value] for r in records if r[row] == rv and r[col] == cv and r.get(value) is not None]
+      cells.append(f"{np.mean(v):.2f} ± {np.std(v):.2f} (n={len(v)})" if v else "–")
+      if v:
+        means.append(np.mean(v))
+    lines.append(f"| {rv} | " + " | ".join(cells) + f" | {np.mean(means):.2f} |" if means else
+                 f"| {rv} | " + " | ".join(cells) + " | – |")
+  return "\n".join(lines) + "\n"
+
+
+def save(workdir, records):
+  records = [report._clean(r) for r in records]
+  report.atomic_write(os.path.join(workdir, "results.json"), json.dumps(records, indent=1))
+  per_class = table(records, "normal_class", "method")
+  md = ("## AUC (%), mean ± std over normal classes and seeds\n\n" + table(records) +
+        "\n## Per normal class (mean over targets and seeds)\n\n" + per_class +
+        "\n## All records\n\n" + report.markdown_table(
+            records, KEYS + ("d_size", "d_purity", "var_ratio", "seconds")))
+  report.atomic_write(os.path.join(workdir, "results.md"), md)
