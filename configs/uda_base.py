@@ -25,12 +25,12 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "efficientnet_lite0"
-  c.model.tail_stage = 6         # stages before it are frozen and cached; from it on, f trains
+  c.model.tail_stage = 7         # stages before it are frozen and cached; from it on, f trains
   c.model.out_dim = 128          # projection head (bias-free)
 
   c.uda = ml_collections.ConfigDict()
   c.uda.methods = "source_only,cluster_psi"
-  c.uda.alignment = "contrastive"  # contrastive (Eqs. 8-9) | mmd | adversarial
+  c.uda.alignment = "mmd"        # mmd | contrastive (Eqs. 8-9) | adversarial (see docs/results.md)
   c.uda.psi = "efficientnet_lite0"  # frozen encoder of the clustering, or "f"
   c.uda.cluster = "kmeans"       # kmeans (OTT) | gmm | meanshift (scikit-learn)
   c.uda.clusters = 3             # K
@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda.lambda_uda = 1.0
   c.uda.tau = 0.1
   c.uda.lr = 1e-3
-  c.uda.steps = 100
+  c.uda.steps = 60
   c.uda.batch = 32
   c.uda.grl_scale = 1.0
   return c

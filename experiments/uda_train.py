@@ -47,10 +47,12 @@ def load_index(config):
 
 
 def validate(config, index) -> None:
-  domains.check_names(index, config.data.source, config.data.source,
-                      _csv(config.data.classes)[0] if _csv(config.data.classes) else "")
+  if config.data.source not in index:
+    raise domains.DataError(f"unknown domain {config.data.source!r}; known: {', '.join(index)}")
+  if not _csv(config.data.targets):
+    raise ConfigError("config.data.targets is empty; name at least one target domain")
   for t in _csv(config.data.targets):
-    for c in _csv(config.data.classes):
+    for c in _all_classes(config, index):
       domains.check_names(index, config.data.source, t, c)
   for m in _csv(config.uda.methods):
     if m not in METHODS:

@@ -72,6 +72,7 @@ def plan_argmaxes(x: jax.Array, y: jax.Array, f: jax.Array, g: jax.Array, chunk:
     `(row [n] int32: argmax_j gamma_ij, col [m] int32: argmax_i gamma_ij)`.
   """
   n = x.shape[0]
+  chunk = min(chunk, n)  # never pad a small problem up to a full chunk
   nc = -(-n // chunk)
   xp = jnp.pad(x, ((0, nc * chunk - n), (0, 0)))
   fp = jnp.pad(f, (0, nc * chunk - n), constant_values=-jnp.inf)

@@ -140,3 +140,18 @@ def test_bottle_clean_image_auroc(tmp_path):
   c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = "clean", "none", 0.0
   recs = train.train_and_evaluate(c, str(tmp_path))
   assert recs[0]["image_auroc"] >= 98.0
+
+
+def test_shift_noise_is_the_same_in_every_process():
+  # str hashes differ between processes (PYTHONHASHSEED); the corruption key must not.
+  code = ("import numpy as np; from experiments import train; "
+          "x = np.full((1, 16, 16, 3), 100, np.uint8); "
+          "print(int(train._shifted(x, 'gaussian_noise', 5, 0, 1).astype(int).sum()))")
+  outs = []
+  for seed in ("1", "2"):
+    env = {**os.environ, "PYTHONHASHSEED": seed}
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    outs.append(r.stdout.strip().splitlines()[-1])
+  assert outs[0] == outs[1]

@@ -1,0 +1,184 @@
+"""UDA for one-class AD: losses, clustering, Deep SVDD training, one-vs-all splits, command."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from rodajax import backbones, cluster, losses, uda
+from rodajax.data import DataError, domains
+
+
+def test_contrastive_loss_hand_computed():
+  zs = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  zt = jnp.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+  dom = jnp.array([True, False, False])
+  tau = 0.5
+  # cos(zs, zt) = [[1, 0, -1], [0, 1, 0]]; positive: zt[0]; negatives: zt[1], zt[2].
+  l0 = -math.log(math.exp(1 / tau) / (math.exp(0 / tau) + math.exp(-1 / tau)))
+  l1 = -math.log(math.exp(0 / tau) / (math.exp(1 / tau) + math.exp(0 / tau)))
+  got = float(losses.contrastive_alignment(zs, zt, dom, tau))
+  assert got == pytest.approx((l0 + l1) / 2, rel=1e-5)
+  # Every sample in D: the denominator falls back to all target samples.
+  all_dom = float(losses.contrastive_alignment(zs[:1], zt, jnp.ones(3, bool), tau))
+  den = sum(math.exp(c / tau) for c in (1, 0, -1))
+  want = np.mean([-math.log(math.exp(c / tau) / den) for c in (1, 0, -1)])
+  assert all_dom == pytest.approx(want, rel=1e-5)
+  assert float(losses.contrastive_alignment(zs, zt, jnp.zeros(3, bool), tau)) == 0.0
+
+
+def test_mmd_identical_zero_shifted_positive_and_weights_select_a_subset():
+  x = jax.random.normal(jax.random.key(0), (64, 5))
+  assert abs(float(losses.mmd(x, x))) < 1e-6
+  assert float(losses.mmd(x, x + 2.0)) > 0.1
+  y = jnp.concatenate([x[:32] + 0.5, x[32:] + 50.0])
+  w = jnp.r_[jnp.ones(32), jnp.zeros(32)]
+  # Zero-weight samples do not count as targets (they still enter the median bandwidth).
+  full = jnp.concatenate([x, y])
+  assert float(losses.mmd(x, y, y_weights=w)) < float(losses.mmd(x, y))
+  assert float(losses.mmd(x, y, y_weights=jnp.ones(64))) == pytest.approx(float(losses.mmd(x, y)), rel=1e-5)
+  del full
+
+
+def test_gradient_reversal_flips_the_gradient():
+  f = lambda x: jnp.sum(3.0 * losses.gradient_reversal(x, 0.5) ** 2)
+  x = jnp.array([1.0, -2.0])
+  np.testing.assert_allclose(jax.grad(f)(x), -0.5 * 6.0 * x)
+  assert np.array_equal(losses.gradient_reversal(x, 0.5), x)
+
+
+def test_kmeans_finds_planted_clusters_and_the_dominant_one():
+  rng = np.random.default_rng(0)
+  centres = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+  sizes = (50, 20, 10)
+  x = np.concatenate([c + 0.3 * rng.normal(size=(n, 3)) for c, n in zip(centres, sizes)])
+  truth = np.r_[np.ones(50, bool), np.zeros(30, bool)]
+  perm = rng.permutation(80)
+  lab = np.asarray(cluster.kmeans_labels(jnp.asarray(x[perm]), 3, jax.random.key(0)))
+  # The three planted blobs are recovered exactly (up to label names).
+  for s in range(3):
+    blob = np.r_[np.zeros(sum(sizes[:s])), np.ones(sizes[s]), np.zeros(80 - sum(sizes[:s + 1]))]
+    assert len(set(lab[blob[perm] == 1])) == 1
+  for method in cluster.METHODS:
+    d = cluster.dominant_cluster(x[perm], 3, jax.random.key(0), method)
+    np.testing.assert_array_equal(d, truth[perm])
+  with pytest.raises(ValueError, match="K=81 must be in 1..80"):
+    cluster.dominant_cluster(x, 81, jax.random.key(0))
+
+
+@pytest.fixture(scope="module")
+def lite():
+  return backbones.create("efficientnet_lite0", "pretrained")
+
+
+def test_deep_svdd_loss_decreases_without_collapse(lite):
+  module, variables = lite
+  start = uda.stage_start(module, 7)
+  rng = np.random.default_rng(0)
+  from helpers import texture
+  from rodajax.features import crop_and_normalise
+  imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
+                   for _ in range(40)]).astype(np.uint8)
+  trunk = uda.trunk_features(module, variables, start)
+  hs = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
+  model, v = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs))
+  s = uda.Settings(alignment="none", steps=15, batch=16, lr=1e-3)
+  v2, mu, info = uda.train(model, v, hs, hs[:8], np.zeros(8, bool), s, jax.random.key(1))
+  assert info["l_ad_last"] < 0.7 * info["l_ad_first"]
+  assert info["var_ratio"] > 1e-2 and "warning" not in info
+  # Only BN affine parameters and the head moved.
+  from flax import traverse_util
+  a, b = traverse_util.flatten_dict(v["params"]), traverse_util.flatten_dict(v2["params"])
+  labels = traverse_util.flatten_dict(uda.param_labels(v["params"]))
+  assert all(np.array_equal(a[k], b[k]) for k in a if labels[k] == "frozen")
+  assert any(not np.array_equal(a[k], b[k]) for k in a if k[0] == "head")
+  sc = uda.scores(model, v2, hs, mu)
+  assert sc.shape == (40,) and np.all(np.isfinite(sc))
+
+
+def _index(n_classes=4, n=20, domains_=("a", "b")):
+  return {d: {f"c{k}": [f"/{d}/c{k}/{i}.png" for i in range(n)] for k in range(n_classes)}
+          for d in domains_}
+
+
+def test_one_vs_all_splits_are_disjoint_and_honour_contamination():
+  idx = _index(n=40)
+  for r in (0.0, 0.1, 0.3):
+    sp = domains.one_vs_all(idx, "a", "b", "c1", seed=3, contamination=r)
+    parts = sp.source_train + sp.target_train + sp.target_test
+    assert len(parts) == len(set(parts))
+    assert all(p.startswith("/a/c1/") for p in sp.source_train)
+    n_anom = int(sp.target_train_labels.sum())
+    assert n_anom == round(r / (1 - r) * 20)
+    assert abs(n_anom / len(sp.target_train) - r) < 0.02
+    for p, y in zip(sp.target_train, sp.target_train_labels):
+      assert p.startswith("/b/c1/") == (y == 0)
+    for p, y, c in zip(sp.target_test, sp.target_test_labels, sp.target_test_classes):
+      assert p.startswith(f"/b/{c}/") and (c == "c1") == (y == 0)
+  a = domains.one_vs_all(idx, "a", "b", "c1", seed=3)
+  b = domains.one_vs_all(idx, "a", "b", "c1", seed=3)
+  assert a.target_train == b.target_train
+  assert domains.one_vs_all(idx, "a", "b", "c1", seed=4).target_train != a.target_train
+
+
+def test_bad_input_is_clear():
+  idx = _index()
+  with pytest.raises(DataError, match="unknown domain 'z'; known: a, b"):
+    domains.one_vs_all(idx, "a", "z", "c1")
+  with pytest.raises(DataError, match="unknown class 'dog' in domain 'a'; known: c0, c1"):
+    domains.one_vs_all(idx, "a", "b", "dog")
+  with pytest.raises(DataError, match=r"contamination ratio 1.0 must be in \[0, 1\)"):
+    domains.one_vs_all(idx, "a", "b", "c1", contamination=1.0)
+  with pytest.raises(DataError, match="contamination ratio -0.1"):
+    domains.one_vs_all(idx, "a", "b", "c1", contamination=-0.1)
+  small = _index(n=6)
+  with pytest.raises(DataError, match="too few for the split"):
+    domains.one_vs_all(small, "a", "b", "c1")
+  with pytest.raises(DataError, match="not found"):
+    domains.index_domains("/no/such/folder")
+
+
+def _write_domains(root, size=64):
+  rng = np.random.default_rng(0)
+  for d, tint in (("src", 0), ("tgt", 60)):
+    for k, colour in enumerate(([200, 40, 40], [40, 200, 40], [40, 40, 200])):
+      os.makedirs(os.path.join(root, d, f"k{k}"), exist_ok=True)
+      for i in range(16):
+        img = np.clip(np.array(colour) + tint + rng.normal(0, 20, (size, size, 3)), 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(os.path.join(root, d, f"k{k}", f"{i}.png"))
+
+
+def test_uda_command_writes_records_and_resumes(tmp_path):
+  _write_domains(tmp_path / "data")
+  work = tmp_path / "work"
+  cmd = [sys.executable, "-m", "experiments.uda", "--config", os.path.join(ROOT, "configs/pacs.py"),
+         f"--config.data.root={tmp_path / 'data'}", "--config.data.source=src",
+         "--config.data.targets=tgt", "--config.data.classes=k0", "--config.data.resize=64",
+         "--config.seeds=2", "--config.uda.steps=3", "--config.uda.batch=8",
+         "--config.uda.methods=source_only,cluster_psi,oracle", "--config.data.min_images=4",
+         "--config.data.contamination=0.2", f"--workdir={work}"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  recs = json.load(open(work / "results.json"))
+  assert len(recs) == 2 * 3
+  for r in recs:
+    for k in ("dataset", "source", "target", "normal_class", "method", "seed", "auc"):
+      assert k in r
+    assert 0 <= r["auc"] <= 100
+  assert {r["method"] for r in recs} == {"source_only", "cluster_psi", "oracle"}
+  assert all(r["d_purity"] == 100.0 for r in recs if r["method"] == "oracle")
+  md = open(work / "results.md").read()
+  assert "| cluster_psi |" in md and "±" in md
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0 and len(json.load(open(work / "results.json"))) == 6
+  bad = subprocess.run(cmd[:5] + [f"--config.data.root={tmp_path / 'data'}", "--config.data.source=src",
+                                  "--config.data.targets=nope", f"--workdir={work}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "unknown domain 'nope'; known: src, tgt" in bad.stderr
