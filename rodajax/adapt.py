@@ -297,5 +297,5 @@ def assignment_analysis(method: str, extract: Callable, variables, images: np.nd
     tot["anomalous_weight"] += float(w[lab].sum())
   return {"n_patches": tot["patches"], "n_anomalous": tot["anomalous"],
           "anomalous_fraction": 100.0 * tot["anomalous"] / max(tot["patches"], 1),
-          "anomalous_picked_by_bank": tot["anomalous_picked"],
+          "anomalous_picked_by_bank": None if kind == "continuous" else tot["anomalous_picked"],
           "anomalous_loss_share": 100.0 * tot["anomalous_weight"] / max(tot["weight"], 1e-12)}

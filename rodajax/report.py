@@ -112,7 +112,13 @@ def summary_markdown(records: Sequence[dict]) -> str:
 
 
 def plot_severity(records: Sequence[dict], path: str, metric: str = "image_auroc") -> str | None:
-  """Metric against severity, one line per method, one panel per (category, shift); PNG."""
+  """Metric against severity, one line per method, one panel per (category, shift); PNG.
+
+  Only the records of the first adaptation fraction are drawn (one point per severity).
+  """
+  if records:
+    frac = records[0].get("adapt_fraction")
+    records = [r for r in records if r.get("adapt_fraction") == frac]
   sev = sorted({r["severity"] for r in records if r.get("shift") != "clean"})
   if len(sev) < 2:
     return None

@@ -50,6 +50,3 @@ for wd in sys.argv[1:]:
     fr.sort(key=lambda r: (r["method"], r["adapt_fraction"]))
     print(f"\n### {cat}: adaptation fraction (image AUROC)\n")
     print(report.pivot(fr, "method_fraction", "shift", "image_auroc"))
-  if os.path.exists(os.path.join(wd, "assignments.md")):
-    print(f"\n### {cat}: assignment analysis (Fig. 5a)\n")
-    print(open(os.path.join(wd, "assignments.md")).read())

@@ -120,6 +120,7 @@ def test_assignment_analysis_counts_anomalous_patches():
                                    bank, cfg)
   assert (cont["n_patches"], cont["n_anomalous"]) == (8, 2)
   assert cont["anomalous_loss_share"] == pytest.approx(25.0)
+  assert cont["anomalous_picked_by_bank"] is None   # no argmax in a continuous plan
   # Independent count on the dense plan of transport.discretise (Eq. 6).
   z = jnp.asarray(feats.reshape(-1, 3))
   lab = np.zeros(8, bool)
