@@ -183,62 +183,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     t_fit = time.perf_counter()
     bank, variables = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
     timing["fit_s"] = time.perf_counter() - t_fit
-    for fraction in _fractions(config):
-      adapt_idx, eval_idx = target_split(len(ds.test), fraction, config.seed)
-      _run_category(config, ds, module, variables, make_extractor, bank, timing, fraction,
-                    adapt_idx, eval_idx, methods, records, done, workdir)
+    fractions = _fractions(config)
+    for shift, severity in _shift_list(config):
+      todo = [(f, m) for f in fractions for m in methods
+              if report.record_id(_record_key(ds, shift, severity, m, f)) not in done]
+      if not todo:
+        continue  # resumed: no corruption to recompute
+      # One corrupted copy per (shift, severity), shared by every fraction and method.
+      shifted = _shifted(ds.test.images, shift, severity, config.seed, config.batch_size)
+      for fraction, method in todo:
+        _run_one(config, ds, module, variables, make_extractor, bank, timing, shift, severity,
+                 shifted, fraction, fraction == fractions[0], method, records, done, workdir)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
   return records
 
 
-def _run_category(config, ds, module, variables, make_extractor, bank, timing, fraction,
-                  adapt_idx, eval_idx, methods, records, done, workdir):
-  """Every (shift, severity, method) of one category and adaptation fraction."""
-  category = ds.category
+def _record_key(ds, shift, severity, method, fraction) -> dict:
+  return {"dataset": ds.name, "category": ds.category, "shift": shift, "severity": severity,
+          "method": method, "variant": None, "adapt_fraction": fraction}
+
+
+def _run_one(config, ds, module, variables, make_extractor, bank, timing, shift, severity,
+             shifted, fraction, first_fraction, method, records, done, workdir):
+  """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record."""
+  category, crop = ds.category, config.data.crop
+  adapt_idx, eval_idx = target_split(len(ds.test), fraction, config.seed)
   test_eval = ds.test.subset(eval_idx)
-  crop = config.data.crop
   masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
-  for shift, severity in _shift_list(config):
-      shifted = _shifted(ds.test.images, shift, severity, config.seed, config.batch_size)
-      for method in methods:
-        rec = {"dataset": ds.name, "category": category, "shift": shift, "severity": severity,
-               "method": method, "variant": None, "adapt_fraction": fraction}
-        if report.record_id(rec) in done:
-          continue
-        t0 = time.perf_counter()
-        info = {}
-        v_eval, info = adapt.run(method, config, module, variables, make_extractor, bank,
-                                 shifted[adapt_idx], jax.random.key(config.seed), progress=tqdm)
-        t1 = time.perf_counter()
-        scores, maps = patchcore.predict(
-            adapt.eval_extractor(config, make_extractor, method), v_eval, shifted[eval_idx], bank.bank, crop, config.batch_size,
-            config.scoring.sigma, config.scoring.chunk, config.scoring.reweight,
-            progress=tqdm, desc=f"{category}/{shift}{severity or ''}/{method}: score")
-        t2 = time.perf_counter()
-        finite = bool(np.all(np.isfinite(scores)))
-        m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
-                             masks, maps if finite else None, test_eval.types, test_eval.has_mask)
-        if not finite:
-          m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None}
-          info["error"] = "non-finite anomaly scores (adaptation diverged?)"
-        rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
-                    "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
-                    "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
-                    "image_f1_max": m["image_f1_max"],
-                    "per_type_image_auroc": m.get("per_type_image_auroc"),
-                    "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
-                    "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
-        if shift == "clean" and method == "none" and fraction == _fractions(config)[0]:
-          rec["timing"] = {**timing, "scoring_s": t2 - t1,
-                           "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
-          if config.figures:
-            report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
-                                data.centre_crop(test_eval.images, crop), maps,
-                                test_eval.labels, scores, masks)
-        records.append(rec)
-        done.add(report.record_id(rec))
-        report.save_records(workdir, records)
-        log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
-        print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)
-  return records
+  rec = _record_key(ds, shift, severity, method, fraction)
+  t0 = time.perf_counter()
+  v_eval, info = adapt.run(method, config, module, variables, make_extractor, bank,
+                           shifted[adapt_idx], jax.random.key(config.seed), progress=tqdm)
+  t1 = time.perf_counter()
+  scores, maps = patchcore.predict(
+      adapt.eval_extractor(config, make_extractor, method), v_eval, shifted[eval_idx], bank.bank,
+      crop, config.batch_size, config.scoring.sigma, config.scoring.chunk, config.scoring.reweight,
+      progress=tqdm, desc=f"{category}/{shift}{severity or ''}/{method}: score")
+  t2 = time.perf_counter()
+  finite = bool(np.all(np.isfinite(scores)))
+  m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
+                       masks, maps if finite else None, test_eval.types, test_eval.has_mask)
+  if not finite:
+    m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None}
+    info["error"] = "non-finite anomaly scores (adaptation diverged?)"
+  rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+              "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
+              "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
+              "image_f1_max": m["image_f1_max"],
+              "per_type_image_auroc": m.get("per_type_image_auroc"),
+              "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
+              "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
+  if shift == "clean" and method == "none" and first_fraction:
+    rec["timing"] = {**timing, "scoring_s": t2 - t1,
+                     "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
+    if config.figures:
+      report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
+                          data.centre_crop(test_eval.images, crop), maps,
+                          test_eval.labels, scores, masks)
+  records.append(rec)
+  done.add(report.record_id(rec))
+  report.save_records(workdir, records)
+  log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
+  print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)
+

@@ -21,7 +21,8 @@ import numpy as np
 from tqdm import tqdm
 
 from rodajax import backbones, cluster, metrics, report, uda
-from rodajax.data import domains, images
+from experiments.train import ConfigError
+from rodajax.data import domains, images, parse_categories
 from rodajax.features import crop_and_normalise
 
 METHODS = ("source_only", "all_target", "cluster_f", "cluster_psi", "few_shot", "oracle")
@@ -29,12 +30,7 @@ IDENTITY = ("dataset", "source", "target", "normal_class", "method", "seed")
 KEYS = ("dataset", "source", "target", "normal_class", "method", "seed", "auc")
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the key and the fix."""
-
-
-def _csv(v):
-  return [c.strip() for c in v.split(",") if c.strip()] if isinstance(v, str) else list(v)
+_csv = parse_categories  # "a,b" or ["a", "b"] -> ["a", "b"]
 
 
 def load_index(config):
@@ -235,12 +231,12 @@ def table(records, row="method", col="target", value="auc") -> str:
   return "\n".join(lines) + "\n"
 
 
+def _markdown(records) -> str:
+  return ("## AUC (%), mean ± std over normal classes and seeds\n\n" + table(records) +
+          "\n## Per normal class (mean over targets and seeds)\n\n" +
+          table(records, "normal_class", "method") + "\n## All records\n\n" +
+          report.markdown_table(records, KEYS + ("d_size", "d_purity", "var_ratio", "seconds")))
+
+
 def save(workdir, records):
-  records = [report._clean(r) for r in records]
-  report.atomic_write(os.path.join(workdir, "results.json"), json.dumps(records, indent=1))
-  per_class = table(records, "normal_class", "method")
-  md = ("## AUC (%), mean ± std over normal classes and seeds\n\n" + table(records) +
-        "\n## Per normal class (mean over targets and seeds)\n\n" + per_class +
-        "\n## All records\n\n" + report.markdown_table(
-            records, KEYS + ("d_size", "d_purity", "var_ratio", "seconds")))
-  report.atomic_write(os.path.join(workdir, "results.md"), md)
+  report.save_records(workdir, records, markdown=_markdown)

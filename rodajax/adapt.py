@@ -27,7 +27,6 @@ statistics (test scores then depend on the test batch).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax
@@ -82,6 +81,18 @@ def make_optimizer(params, learning_rate: float, name: str = "adam") -> optax.Gr
   return optax.multi_transform({"bn": opt, "frozen": optax.set_to_zero()}, bn_labels(params))
 
 
+def ot_problem(z: jax.Array, key: jax.Array, bank: jax.Array, cfg):
+  """The step's transport problem: `cfg.patches` target patches drawn from `z [N, D]`
+  (without replacement) and their Sinkhorn potentials against the bank (not
+  differentiated). Returns `(zs [n, D], pick [n], potentials)`."""
+  n = min(cfg.patches, z.shape[0])
+  pick = jax.random.choice(key, z.shape[0], (n,), replace=False)
+  zs = z[pick]
+  pot = transport.sinkhorn_potentials(jax.lax.stop_gradient(zs), bank, cfg.epsilon, True,
+                                      cfg.sinkhorn_threshold, cfg.sinkhorn_max_iterations)
+  return zs, pick, pot
+
+
 def method_loss(kind: str, z: jax.Array, key: jax.Array, bank: jax.Array, src_mean, src_cov,
                 cfg) -> tuple[jax.Array, dict]:
   """The alignment loss of `kind` on target patch features `z [N, D]` (one step's)."""
@@ -96,10 +107,7 @@ def method_loss(kind: str, z: jax.Array, key: jax.Array, bank: jax.Array, src_me
     zs = z[jax.random.choice(k_sub, z.shape[0], (n,), replace=False)]
     bs = bank[jax.random.choice(k_bank, bank.shape[0], (n,), replace=False)]
     return transport.hungarian_loss(zs, bs), aux
-  n = min(cfg.patches, z.shape[0])
-  zs = z[jax.random.choice(k_sub, z.shape[0], (n,), replace=False)]
-  pot = transport.sinkhorn_potentials(jax.lax.stop_gradient(zs), bank, cfg.epsilon, True,
-                                      cfg.sinkhorn_threshold, cfg.sinkhorn_max_iterations)
+  zs, _, pot = ot_problem(z, k_sub, bank, cfg)
   aux = {"converged": pot.converged, "n_iters": pot.n_iters}
   if kind == "continuous":
     return transport.continuous_loss(zs, bank, pot), aux
@@ -277,11 +285,8 @@ def assignment_analysis(method: str, extract: Callable, variables, images: np.nd
     z = extract(variables, x)
     lab = patch_labels(mv, z.shape[1:3]).reshape(-1)
     z = z.reshape(-1, z.shape[-1])
-    n = min(cfg.patches, z.shape[0])
-    pick = jax.random.choice(k_sub, z.shape[0], (n,), replace=False)
-    zs, lab = z[pick], np.asarray(lab[pick])
-    pot = transport.sinkhorn_potentials(zs, bank, cfg.epsilon, True, cfg.sinkhorn_threshold,
-                                        cfg.sinkhorn_max_iterations)
+    zs, pick, pot = ot_problem(z, k_sub, bank, cfg)
+    n, lab = zs.shape[0], np.asarray(lab[pick])
     if kind == "continuous":
       w = np.full(n, 1.0 / n)
       picked = np.zeros(n, bool)

@@ -57,12 +57,17 @@ def load_records(workdir: str) -> list[dict]:
     return json.load(f)
 
 
-def save_records(workdir: str, records: Sequence[dict]) -> None:
-  """results.json and results.md, both atomically."""
+def save_records(workdir: str, records: Sequence[dict], markdown=None) -> None:
+  """results.json and results.md, both atomically.
+
+  `markdown(records) -> str` renders results.md (default: the method x shift
+  summaries and every record).
+  """
   records = [_clean(r) for r in records]
   atomic_write(os.path.join(workdir, "results.json"), json.dumps(records, indent=1))
-  atomic_write(os.path.join(workdir, "results.md"),
-               summary_markdown(records) + "\n## All records\n\n" + markdown_table(records))
+  md = (markdown(records) if markdown is not None else
+        summary_markdown(records) + "\n## All records\n\n" + markdown_table(records))
+  atomic_write(os.path.join(workdir, "results.md"), md)
 
 
 def _fmt(v):

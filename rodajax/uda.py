@@ -28,7 +28,7 @@ Score: ||f(x) - mu||^2 (higher = more anomalous).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import chex
 import flax.linen as nn
@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from rodajax import losses
+from rodajax import adapt, losses
 from rodajax.backbones.efficientnet import EfficientNetLite, block_specs
 
 ALIGNMENTS = ("contrastive", "mmd", "adversarial")
@@ -102,16 +102,13 @@ def trunk_features(backbone: EfficientNetLite, backbone_vars: dict, start_block:
 
 
 def param_labels(params, trainable: str = "bn_head"):
-  """'train' / 'frozen' per leaf: BN affine (modules owning a scale) + head, or all."""
+  """'train' / 'frozen' per leaf: BN affine (`adapt.bn_labels`) + the head, or everything."""
   if trainable not in TRAINABLE:
     raise ValueError(f"unknown uda.trainable {trainable!r}; known: {', '.join(TRAINABLE)}")
-  flat = traverse_util.flatten_dict(params)
-  bn = {k[:-1] for k in flat if k[-1] == "scale"}
-  def lab(k):
-    if trainable == "all" or k[0] in ("head", "disc") or k[:-1] in bn:
-      return "train"
-    return "frozen"
-  return traverse_util.unflatten_dict({k: lab(k) for k in flat})
+  flat = traverse_util.flatten_dict(adapt.bn_labels(params))
+  return traverse_util.unflatten_dict(
+      {k: "train" if trainable == "all" or k[0] == "head" or v == "bn" else "frozen"
+       for k, v in flat.items()})
 
 
 @dataclasses.dataclass(frozen=True)
