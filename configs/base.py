@@ -7,6 +7,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.batch_size = 16            # images per forward pass
   c.figures = True             # ROC curve + anomaly-map overlays per category (clean, none)
+  c.bank_dir = ""              # where fitted memory banks are kept ("" = <workdir>/banks)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "elpv"         # elpv | mvtec | mvtec3d | realiad (MVTec layouts)
@@ -43,20 +44,35 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.shift.adapt_fraction = 0.0     # share of the (shifted) test set used for adaptation;
                                    # 1.0 = adapt and evaluate on the same images
   c.shift.adapt_fractions = ""     # comma-separated, e.g. "0.2,0.8,1.0": overrides adapt_fraction
+  c.shift.seeds = ""               # comma-separated; each seed redraws the adaptation/evaluation
+                                   # split and the corruption noise ("" = [seed])
 
   c.adapt = ml_collections.ConfigDict()
   c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
-  c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
-                                   # target_stats (re-estimated on the adaptation part) | target
-  c.adapt.steps = 20               # optimiser steps
+  c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
+                                   # target_stats (re-estimated on the adaptation images) |
+                                   # prior (mixed with an N-sample source prior, N = bn_prior)
+  c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images
+  c.adapt.stats_batch = 64         # images per forward when estimating target BN statistics
+                                   # (exact when all adaptation images fit in one)
+  c.adapt.epochs = 1               # passes over the adaptation images (Alg. 1: one)
   c.adapt.batch_images = 8         # target images per step
   c.adapt.views = 4                # views per image (roda: rotations/flips; discrete_copy: copies)
-  c.adapt.patches = 512            # target patches drawn per step for the OT problem
+  c.adapt.target_patches = 4096    # target patches per OT problem (0 = all patches of all views)
+  c.adapt.bank_patches = 4096      # bank entries per OT problem (0 = the whole bank); equal to
+                                   # target_patches keeps the problem balanced
   c.adapt.lr = 1e-3
-  c.adapt.optimizer = "adam"
-  c.adapt.epsilon = 0.1            # entropic regularisation, relative to the mean cost
+  c.adapt.optimizer = "adam"       # adam | sgd
+  c.adapt.epsilon = 0.05           # entropic regularisation, relative to the mean cost
   c.adapt.sinkhorn_threshold = 1e-3
-  c.adapt.sinkhorn_max_iterations = 100
+  c.adapt.sinkhorn_max_iterations = 200
+  c.adapt.online_above = 64 * 2 ** 20  # OT problems with more cost entries use online costs
+  c.adapt.chunk = 2048             # rows per chunk (online costs, argmaxes)
   c.adapt.kl_reg = 1e-3
   c.adapt.hungarian_patches = 512
+  c.adapt.safeguard = True         # hold out adaptation images, keep the adapted model only
+                                   # if a label-free criterion improves on them
+  c.adapt.holdout_fraction = 0.25  # share of the adaptation images held out for it
+  c.adapt.safeguard_criterion = "transport"  # transport (Eq. 6 cost) | nn (mean NN distance)
+  c.adapt.safeguard_margin = 0.01  # relative improvement needed to leave the source model
   return c

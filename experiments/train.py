@@ -8,7 +8,6 @@ the records already there, so an interrupted run resumes where it stopped.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -22,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
+from experiments import tta
 from rodajax import adapt, backbones, data, features, metrics, patchcore, report
 from rodajax.coreset import coreset_size
 
@@ -32,8 +32,17 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
-def _csv(v) -> list[str]:
+def parse_list(v) -> list[str]:
+  """A comma-separated string (or list/tuple) of config values as a list of strings."""
   return data.parse_categories(v)
+
+
+
+
+def seeds(config) -> list[int]:
+  """`config.shift.seeds` (comma-separated) if set, else [config.seed]."""
+  many = parse_list(config.shift.get("seeds", ""))
+  return [int(s) for s in many] if many else [int(config.seed)]
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -52,22 +61,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for f in fractions:
     if not 0.0 <= f <= 1.0:
       raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
-  if not _csv(config.data.categories):
+  if not parse_list(config.data.categories):
     raise ConfigError("config.data.categories is empty; name at least one category")
   backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
-  shifts = [s for s in _csv(config.shift.corruptions) if s != "clean"]
+  shifts = [s for s in parse_list(config.shift.corruptions) if s != "clean"]
   if shifts:
     from rodajax import corruptions
     for s in shifts:
       corruptions.check(s, 1)
-    for sev in _csv(config.shift.severities):
+    for sev in parse_list(config.shift.severities):
       corruptions.check(shifts[0], int(sev))
-  methods = _csv(config.adapt.methods)
+  methods = parse_list(config.adapt.methods)
   for m in methods:
     adapt.check_method(m)
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
+  if config.adapt.bn_mode == "auto" and not config.adapt.safeguard:
+    raise ConfigError("config.adapt.bn_mode='auto' chooses the statistics on held-out images: "
+                      "set config.adapt.safeguard=True or pick a fixed bn_mode")
+  if config.adapt.epochs < 1:
+    raise ConfigError(f"config.adapt.epochs={config.adapt.epochs} must be >= 1")
+  if not 0.0 < config.adapt.holdout_fraction < 1.0:
+    raise ConfigError(f"config.adapt.holdout_fraction={config.adapt.holdout_fraction} must be "
+                      "in (0, 1)")
+  if config.adapt.safeguard_criterion not in ("transport", "nn"):
+    raise ConfigError(f"config.adapt.safeguard_criterion={config.adapt.safeguard_criterion!r}; "
+                      "use transport or nn")
+  try:
+    seeds(config)
+  except ValueError as e:
+    raise ConfigError(f"config.shift.seeds={config.shift.seeds!r} must be comma-separated "
+                      "integers") from e
   if any(m != "none" for m in methods):
     if min(fractions) <= 0.0:
       raise ConfigError("adaptation methods need target images: set config.shift.adapt_fraction "
@@ -85,13 +110,14 @@ def _fingerprint(config, category: str) -> str:
 
 
 def _taps(config):
-  return tuple(_csv(config.model.taps)) or backbones.DEFAULT_TAPS[
+  return tuple(parse_list(config.model.taps)) or backbones.DEFAULT_TAPS[
       backbones._canonical(config.model.backbone)]
 
 
 def fit_or_restore(config, workdir, ds, module, variables, extract, timing):
   """The memory bank of `ds.train`: restored from `workdir/banks/...` or fitted and saved."""
-  path = os.path.abspath(os.path.join(workdir, "banks", f"{ds.name}_{ds.category}_"
+  folder = config.get("bank_dir", "") or os.path.join(workdir, "banks")
+  path = os.path.abspath(os.path.join(folder, f"{ds.name}_{ds.category}_"
                                       f"{_fingerprint(config, ds.category)}"))
   ckpt = ocp.StandardCheckpointer()
   if os.path.isdir(path):
@@ -131,19 +157,20 @@ def target_split(n: int, fraction: float, seed: int):
 
 def _fractions(config) -> list[float]:
   """`config.shift.adapt_fractions` (comma-separated) if set, else [adapt_fraction]."""
-  many = _csv(config.shift.get("adapt_fractions", ""))
+  many = parse_list(config.shift.get("adapt_fractions", ""))
   return [float(f) for f in many] if many else [float(config.shift.adapt_fraction)]
 
 
-def _shift_list(config):
+def shift_list(config):
+  """[(shift, severity)] of the config; ("clean", 0) for clean."""
   out = []
-  sev = [int(s) for s in _csv(config.shift.severities)]
-  for s in _csv(config.shift.corruptions):
+  sev = [int(s) for s in parse_list(config.shift.severities)]
+  for s in parse_list(config.shift.corruptions):
     out.extend([("clean", 0)] if s == "clean" else [(s, v) for v in sev])
   return out
 
 
-def _shifted(images, shift, severity, seed, batch):
+def shifted_images(images, shift, severity, seed, batch):
   """Corrupted copy of uint8 images (the same noise for every method)."""
   if shift == "clean":
     return images
@@ -154,96 +181,135 @@ def _shifted(images, shift, severity, seed, batch):
 
 
 def build_model(config):
-  """`(module, variables, make_extractor)`; `make_extractor(train)` is memoised per mode."""
+  """`(module, variables, extract)`: the backbone and its pure patch-feature extractor.
+
+  `extract(variables, images [B, R, R, 3]) -> [B, h, w, D]` normalises with the
+  running statistics in `variables` (source, or adapted ones).
+  """
   taps = _taps(config)
   module, variables = backbones.create(config.model.backbone, config.model.weights or None,
                                        taps=taps, seed=config.seed)
+  extract = features.make_extractor(module, taps, config.data.crop, config.model.pool,
+                                    config.model.out_dim or None)
+  return module, variables, extract
 
-  @functools.lru_cache(maxsize=None)  # one function per mode: jitted steps are reused
-  def make_extractor(train: bool = False):
-    return features.make_extractor(module, taps, config.data.crop, config.model.pool,
-                                   config.model.out_dim or None, train=train)
-  return module, variables, make_extractor
+
+def source_of(bank: patchcore.MemoryBank) -> adapt.Source:
+  return adapt.Source(jax.numpy.asarray(bank.bank), jax.numpy.asarray(bank.feature_mean),
+                      jax.numpy.asarray(bank.feature_cov))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
-  """Runs every (category, shift, severity, method) of `config`; returns all records."""
+  """Runs every (category, seed, shift, severity, fraction, method) of `config`; returns all records."""
   validate(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=1))
   records = report.load_records(workdir)
   done = {report.record_id(r) for r in records}
-  module, variables, make_extractor = build_model(config)
-  extract = make_extractor()
-  methods = _csv(config.adapt.methods)
-  for category in _csv(config.data.categories):
+  module, variables, extract = build_model(config)
+  methods = parse_list(config.adapt.methods)
+  ctx = Context(config, workdir, module, extract, records, done)
+  for category in parse_list(config.data.categories):
     ds = data.load(config.data, category, seed=config.seed)
     timing = {}
     t_fit = time.perf_counter()
-    bank, variables = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
+    bank, v_source = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
     timing["fit_s"] = time.perf_counter() - t_fit
     fractions = _fractions(config)
-    for shift, severity in _shift_list(config):
-      todo = [(f, m) for f in fractions for m in methods
-              if report.record_id(_record_key(ds, shift, severity, m, f)) not in done]
-      if not todo:
-        continue  # resumed: no corruption to recompute
-      # One corrupted copy per (shift, severity), shared by every fraction and method.
-      shifted = _shifted(ds.test.images, shift, severity, config.seed, config.batch_size)
-      for fraction, method in todo:
-        _run_one(config, ds, module, variables, make_extractor, bank, timing, shift, severity,
-                 shifted, fraction, fraction == fractions[0], method, records, done, workdir)
+    for seed in seeds(config):
+      for shift, severity in shift_list(config):
+        todo = [(f, m) for f in fractions for m in methods
+                if report.record_id(_record_key(ds, shift, severity, m, f, seed)) not in done]
+        if not todo:
+          continue  # resumed: no corruption to recompute
+        # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
+        shifted = shifted_images(ds.test.images, shift, severity, seed, config.batch_size)
+        for fraction, method in todo:
+          ctx.run_one(ds, v_source, bank, timing, shift, severity, seed, shifted, fraction,
+                      fraction == fractions[0], method)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
   return records
 
 
-def _record_key(ds, shift, severity, method, fraction) -> dict:
+def _record_key(ds, shift, severity, method, fraction, seed) -> dict:
   return {"dataset": ds.name, "category": ds.category, "shift": shift, "severity": severity,
-          "method": method, "variant": None, "adapt_fraction": fraction}
+          "method": method, "variant": None, "adapt_fraction": fraction, "seed": seed}
 
 
-def _run_one(config, ds, module, variables, make_extractor, bank, timing, shift, severity,
-             shifted, fraction, first_fraction, method, records, done, workdir):
-  """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record."""
-  category, crop = ds.category, config.data.crop
-  adapt_idx, eval_idx = target_split(len(ds.test), fraction, config.seed)
-  test_eval = ds.test.subset(eval_idx)
-  masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
-  rec = _record_key(ds, shift, severity, method, fraction)
-  t0 = time.perf_counter()
-  v_eval, info = adapt.run(method, config, module, variables, make_extractor, bank,
-                           shifted[adapt_idx], jax.random.key(config.seed), progress=tqdm)
-  t1 = time.perf_counter()
-  scores, maps = patchcore.predict(
-      adapt.eval_extractor(config, make_extractor, method), v_eval, shifted[eval_idx], bank.bank,
-      crop, config.batch_size, config.scoring.sigma, config.scoring.chunk, config.scoring.reweight,
-      progress=tqdm, desc=f"{category}/{shift}{severity or ''}/{method}: score")
-  t2 = time.perf_counter()
-  finite = bool(np.all(np.isfinite(scores)))
-  m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
-                       masks, maps if finite else None, test_eval.types, test_eval.has_mask)
-  if not finite:
-    m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None}
-    info["error"] = "non-finite anomaly scores (adaptation diverged?)"
-  rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
-              "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
-              "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
-              "image_f1_max": m["image_f1_max"],
-              "per_type_image_auroc": m.get("per_type_image_auroc"),
-              "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
-              "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
-  if shift == "clean" and method == "none" and first_fraction:
-    rec["timing"] = {**timing, "scoring_s": t2 - t1,
-                     "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
-    if config.figures:
-      report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
-                          data.centre_crop(test_eval.images, crop), maps,
-                          test_eval.labels, scores, masks)
-  records.append(rec)
-  done.add(report.record_id(rec))
-  report.save_records(workdir, records)
-  log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
-  print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)
+class Context:
+  """What every record of one run shares: config, workdir, model, jitted functions."""
 
+  def __init__(self, config, workdir, module, extract, records, done):
+    self.config, self.workdir, self.module, self.extract = config, workdir, module, extract
+    self.records, self.done = records, done
+    self.fns: dict = {}        # method -> tta.Functions, jitted once per run
+    c = config
+    self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma, c.scoring.chunk,
+                                          c.scoring.reweight)
+
+  def functions(self, method, params):
+    if method not in self.fns:
+      self.fns[method] = tta.build(method, self.config.adapt, self.module, self.extract, params,
+                                   self.config.data.crop)
+    return self.fns[method]
+
+  def evaluate(self, variables, bank, images, test_eval, masks, desc):
+    c = self.config
+    scores, maps = patchcore.predict(self.predict, variables, images, bank.bank, c.batch_size,
+                                     progress=tqdm, desc=desc)
+    finite = bool(np.all(np.isfinite(scores)))
+    m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
+                         masks, maps if finite else None, test_eval.types, test_eval.has_mask)
+    if not finite:
+      m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None,
+           "error": "non-finite anomaly scores (adaptation diverged?)"}
+    return m, scores, maps
+
+  def run_one(self, ds, variables, bank, timing, shift, severity, seed, shifted, fraction,
+              first_fraction, method):
+    """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record."""
+    config, workdir = self.config, self.workdir
+    category, crop = ds.category, config.data.crop
+    adapt_idx, eval_idx = target_split(len(ds.test), fraction, seed)
+    test_eval = ds.test.subset(eval_idx)
+    masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
+    rec = _record_key(ds, shift, severity, method, fraction, seed)
+    t0 = time.perf_counter()
+    info = {}
+    kept = last = variables
+    if method != "none":
+      fns = self.functions(method, variables["params"])
+      kept, last, info = tta.run(method, fns, config.adapt, variables, source_of(bank),
+                                 shifted[adapt_idx], jax.random.key(seed), progress=tqdm)
+    t1 = time.perf_counter()
+    desc = f"{category}/{shift}{severity or ''}/s{seed}/{method}: score"
+    m, scores, maps = self.evaluate(kept, bank, shifted[eval_idx], test_eval, masks, desc)
+    t2 = time.perf_counter()
+    if "error" in m:
+      info["error"] = m.pop("error")
+    if "safeguard" in info:
+      # The same evaluation without the safeguard (the last step's parameters).
+      mu = m if last is kept else self.evaluate(last, bank, shifted[eval_idx], test_eval, masks,
+                                                desc + " (unguarded)")[0]
+      info["unguarded"] = {k: mu.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
+    rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
+                "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
+                "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
+                "image_f1_max": m["image_f1_max"],
+                "per_type_image_auroc": m.get("per_type_image_auroc"),
+                "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
+                "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
+    if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
+      rec["timing"] = {**timing, "scoring_s": t2 - t1,
+                       "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
+      if config.figures:
+        report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
+                            data.centre_crop(test_eval.images, crop), maps,
+                            test_eval.labels, scores, masks)
+    self.records.append(rec)
+    self.done.add(report.record_id(rec))
+    report.save_records(workdir, self.records)
+    log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
+    print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)

@@ -7,7 +7,6 @@ last batch padded, so one compilation serves all); they do no file I/O. Pass
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable, Iterable
 
 import jax
@@ -82,18 +81,22 @@ def make_scorer(crop: int, sigma: float = 4.0, chunk: int = 2048, reweight: int 
   return score
 
 
-@functools.lru_cache(maxsize=32)
-def _predict_step(extract: Callable, crop: int, sigma: float, chunk: int, reweight: int):
-  # The bank is an argument, not a closure constant: one compilation serves
-  # every (shift, method) that shares the extractor.
+def make_predict(extract: Callable, crop: int, sigma: float = 4.0, chunk: int = 2048,
+                 reweight: int = 0) -> Callable:
+  """Jitted `f(variables, bank [k, D], images [B, R, R, 3]) -> (scores [B], maps [B, crop, crop])`.
+
+  Build it once per experiment: the bank and the variables are arguments, so
+  one compilation serves every (shift, method) that shares the extractor.
+  """
   scorer = make_scorer(crop, sigma, chunk, reweight)
   return jax.jit(lambda v, bank, x: scorer(extract(v, x), bank))
 
 
-def predict(extract: Callable, variables, images: np.ndarray, bank: np.ndarray, crop: int,
-            batch: int = 16, sigma: float = 4.0, chunk: int = 2048, reweight: int = 0,
+def predict(step: Callable, variables, images: np.ndarray, bank: np.ndarray, batch: int = 16,
             progress: Callable = _identity, desc: str = "score"):
-  """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`."""
-  step = _predict_step(extract, crop, float(sigma), chunk, reweight)
+  """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`.
+
+  `step` is a `make_predict` function.
+  """
   bank = jnp.asarray(bank)
   return batched(lambda v, x: step(v, bank, x), variables, images, batch, progress, desc)

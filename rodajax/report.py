@@ -14,9 +14,10 @@ from typing import Sequence
 
 import numpy as np
 
-RECORD_KEYS = ("dataset", "category", "shift", "severity", "method", "image_auroc",
+RECORD_KEYS = ("dataset", "category", "shift", "severity", "seed", "method", "image_auroc",
                "pixel_auroc", "aupro", "n_train", "n_test", "seconds")
-IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant", "adapt_fraction")
+IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant", "adapt_fraction",
+            "seed")
 
 
 def atomic_write(path: str, text: str | bytes) -> None:

@@ -1,8 +1,9 @@
 """Optimal transport between target patch features and the memory bank (RoDA, Alg. 1).
 
 Geometry: cost C_ij = ||z_i - m_j||_2 (Euclidean, not squared, as in the
-paper), as an OTT `Geometry` over the precomputed cost matrix. Problem: uniform marginals. Solver: OTT-JAX's log-domain Sinkhorn,
-which returns dual potentials (f, g) with plan gamma_ij = exp((f_i + g_j - C_ij) / eps).
+paper), as an OTT `Geometry` over the precomputed cost matrix, or, for problems
+too large to hold, costs recomputed in row chunks (`sinkhorn_online`). Problem: uniform marginals. Solver: OTT-JAX's log-domain Sinkhorn, which
+returns dual potentials (f, g) with plan gamma_ij = exp((f_i + g_j - C_ij) / eps).
 
 Discretisation (paper Eq. 6): pi_ij = 1 if j = argmax_j gamma_ij or
 i = argmax_i gamma_ij. Since eps > 0 and the exponential is monotone,
@@ -43,7 +44,7 @@ def euclidean_cost(x: jax.Array, y: jax.Array) -> jax.Array:
 
 def sinkhorn_potentials(x: jax.Array, y: jax.Array, epsilon: float = 0.1,
                         relative_epsilon: bool = True, threshold: float = 1e-3,
-                        max_iterations: int = 200) -> Potentials:
+                        max_iterations: int = 200, chunk: int | None = None) -> Potentials:
   """Entropic OT between uniform measures on `x [n, D]` and `y [m, D]` with OTT.
 
   Args:
@@ -51,17 +52,127 @@ def sinkhorn_potentials(x: jax.Array, y: jax.Array, epsilon: float = 0.1,
       of the mean cost (scale-free across backbones and shifts).
     threshold: marginal error at which Sinkhorn stops.
     max_iterations: hard cap; `converged` says whether the threshold was met.
+    chunk: None computes the `[n, m]` cost matrix once (fast while it fits in
+      memory); an integer solves online (`sinkhorn_online`): costs are
+      recomputed `chunk` rows at a time in every iteration and no `[n, m]`
+      array is ever held.
   """
   chex.assert_rank([x, y], 2)
-  # The cost matrix is computed once with one matmul and handed to OTT as a
-  # Geometry: PointCloud(cost_fn=Euclidean()) recomputes every pairwise norm in
-  # each Sinkhorn iteration, about 3x slower on CPU for n x m = 1024 x 16K.
+  if chunk is not None:
+    return sinkhorn_online(x, y, epsilon, relative_epsilon, threshold, max_iterations, chunk)
+  # One matmul, handed to OTT as a Geometry: PointCloud(cost_fn=Euclidean())
+  # recomputes every pairwise norm in each iteration, ~3x slower on CPU.
   geom = geometry.Geometry(cost_matrix=euclidean_cost(x, y), epsilon=epsilon,
                            relative_epsilon="mean" if relative_epsilon else None)
   solver = sinkhorn.Sinkhorn(threshold=threshold, max_iterations=max_iterations)
   out = solver(linear_problem.LinearProblem(geom))
   err = out.errors[jnp.maximum(out.n_iters // solver.inner_iterations - 1, 0)]
   return Potentials(out.f, out.g, jnp.asarray(geom.epsilon), out.converged, out.n_iters, err)
+
+
+def _chunks(x: jax.Array, chunk: int):
+  """`x [n, D]` padded to whole chunks: `([nc, chunk, D], valid [nc, chunk])`."""
+  n = x.shape[0]
+  nc = -(-n // chunk)
+  xp = jnp.pad(x, ((0, nc * chunk - n), (0, 0))).reshape(nc, chunk, -1)
+  valid = (jnp.arange(nc * chunk) < n).reshape(nc, chunk)
+  return xp, valid
+
+
+def sinkhorn_online(x: jax.Array, y: jax.Array, epsilon: float = 0.1,
+                    relative_epsilon: bool = True, threshold: float = 1e-3,
+                    max_iterations: int = 200, chunk: int = 2048) -> Potentials:
+  """Log-domain Sinkhorn (uniform marginals) with costs recomputed `chunk` rows at a time.
+
+  The same iteration as OTT's `Sinkhorn` on a `Geometry` (f-update, g-update;
+  stop when the row-marginal L1 error is below `threshold`), for problems whose
+  `[n, m]` cost matrix should not be held: peak memory ~ `chunk * m` floats.
+  OTT's own online geometry (`PointCloud(batch_size=...)`) is not used because
+  ott-jax 0.6 calls `jax.interpreters.batching.is_vmappable`, removed in jax 0.10.
+  """
+  n, m = x.shape[0], y.shape[0]
+  xc, valid = _chunks(x, chunk)
+  log_a, log_b = -jnp.log(n), -jnp.log(m)
+
+  def cost_chunk(xi):
+    return euclidean_cost(xi, y)                        # [chunk, m]
+
+  if relative_epsilon:
+    total = jnp.sum(lax.map(lambda a: jnp.sum(jnp.where(a[1][:, None], cost_chunk(a[0]), 0.0)),
+                            (xc, valid)))
+    eps = epsilon * total / (n * m)
+  else:
+    eps = jnp.asarray(epsilon, jnp.float32)
+
+  def f_update(g):
+    def one(xi):
+      return -eps * jax.nn.logsumexp((g[None] - cost_chunk(xi)) / eps, axis=1) + eps * log_a
+    return lax.map(one, xc).reshape(-1)[:n]
+
+  def g_update(f):
+    fc = jnp.pad(f, (0, xc.shape[0] * chunk - n), constant_values=-jnp.inf).reshape(-1, chunk)
+
+    def body(acc, a):
+      xi, fi = a
+      return jnp.logaddexp(acc, jax.nn.logsumexp((fi[:, None] - cost_chunk(xi)) / eps, axis=0)), None
+    lse, _ = lax.scan(body, jnp.full((m,), -jnp.inf), (xc, fc))
+    return -eps * lse + eps * log_b
+
+  def cond(c):
+    _, _, it, err = c
+    return (it < max_iterations) & (err > threshold)
+
+  def body(c):
+    f, g, it, _ = c
+    f_new = f_update(g)
+    # Row marginal of the plan before this f-update: a_i exp((f_i - f_new_i) / eps).
+    err = jnp.where(it == 0, jnp.inf, jnp.sum(jnp.abs(jnp.exp((f - f_new) / eps + log_a) -
+                                                      jnp.exp(log_a))))
+    return f_new, g_update(f_new), it + 1, err
+
+  f0, g0 = jnp.zeros(n), jnp.zeros(m)
+  f, g, it, err = lax.while_loop(cond, body, (f0, g0, jnp.asarray(0), jnp.asarray(jnp.inf)))
+  # The error of the last pair (f, g): one more f-update's change.
+  err = jnp.sum(jnp.abs(jnp.exp((f - f_update(g)) / eps + log_a) - jnp.exp(log_a)))
+  return Potentials(f, g, eps, err <= threshold, it, err)
+
+
+def balanced_subsets(key: jax.Array, n_total: int, m_total: int, n: int = 0, m: int = 0):
+  """Indices of the target patches and bank entries that enter one transport problem.
+
+  `n` (`m`) = 0 keeps all `n_total` target patches (`m_total` bank entries);
+  otherwise that many are drawn uniformly without replacement. With n == m the
+  two uniform marginals have as many atoms each, so row-argmax pairs (one per
+  target patch) and column-argmax pairs (one per bank entry) weigh alike in
+  Eq. 6. Returns `(target_idx [n'], bank_idx [m'] or None for the whole bank)`.
+  """
+  k_t, k_b = jax.random.split(key)
+  n = n_total if n <= 0 else min(n, n_total)
+  m = m_total if m <= 0 else min(m, m_total)
+  t_idx = (jnp.arange(n_total) if n == n_total
+           else jax.random.choice(k_t, n_total, (n,), replace=False))
+  b_idx = None if m == m_total else jax.random.choice(k_b, m_total, (m,), replace=False)
+  return t_idx, b_idx
+
+
+def plan_diagnostics(x: jax.Array, y: jax.Array, row: jax.Array, col: jax.Array) -> dict:
+  """How the discretised plan (Eq. 6) spreads its pairs; all scalars, on device.
+
+  Returns:
+    row_share: share of sum(pi * C) carried by row-argmax pairs (i, argmax_j);
+      the rest comes from column-argmax pairs that are not also row pairs.
+    col_pairs_share: share of the counted pairs that are column pairs.
+    col_distinct: distinct target patches chosen as some bank entry's column
+      argmax (of n); few means a handful of target patches absorb the bank.
+    row_distinct: distinct bank entries chosen as row argmax (of m).
+  """
+  n, m = x.shape[0], y.shape[0]
+  ti, bj, w = discrete_pairs(row, col)
+  d = jnp.sqrt(jnp.maximum(jnp.sum((x[ti] - y[bj]) ** 2, -1), 1e-12)) * w
+  return {"row_share": jnp.sum(d[:n]) / jnp.maximum(jnp.sum(d), 1e-12),
+          "col_pairs_share": jnp.sum(w[n:]) / jnp.sum(w),
+          "col_distinct": jnp.sum(jnp.zeros(n).at[col].set(1.0)),
+          "row_distinct": jnp.sum(jnp.zeros(m).at[row].set(1.0))}
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))

@@ -73,7 +73,8 @@ def test_anomaly_map_peaks_on_planted_defect(tmp_path):
   ext = features.make_extractor(m, ("stage3", "stage5"), 128)
   f = patchcore.batched(jax.jit(ext), v, ds.train.images, 4)
   bank = patchcore.fit_memory_bank(f, jax.random.key(0), ratio=0.5)
-  scores, maps = patchcore.predict(ext, v, ds.test.images, bank.bank, 128, batch=2)
+  scores, maps = patchcore.predict(patchcore.make_predict(ext, 128), v, ds.test.images,
+                                   bank.bank, batch=2)
   assert scores[1] > scores[0]
   y, x = np.unravel_index(maps[1].argmax(), maps[1].shape)
   assert abs(y - 88) <= 8 and abs(x - 40) <= 8
@@ -91,17 +92,24 @@ def test_shift_and_adaptation_records_for_each_fraction(tmp_path):
   write_mvtec(tmp_path / "data", n_train=6, n_good=6, n_bad=6, size=64)
   c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="3,5",
                    adapt__methods="none,bn_stats,roda", shift__adapt_fractions="0.5,1.0",
-                   adapt__steps=2, adapt__batch_images=2, adapt__patches=64)
+                   adapt__batch_images=2, adapt__target_patches=64, adapt__bank_patches=64,
+                   shift__seeds="0,1")
   recs = train.train_and_evaluate(c, str(tmp_path / "w"))
-  # 2 fractions x (clean + contrast at 2 severities) x 3 methods
-  assert len(recs) == 2 * 3 * 3
+  # 2 seeds x 2 fractions x (clean + contrast at 2 severities) x 3 methods
+  assert len(recs) == 2 * 2 * 3 * 3
+  assert {r["seed"] for r in recs} == {0, 1}
   keys = {(r["adapt_fraction"], r["shift"], r["severity"], r["method"]) for r in recs}
   assert (0.5, "contrast", 3, "roda") in keys and (1.0, "clean", 0, "bn_stats") in keys
   half = [r for r in recs if r["adapt_fraction"] == 0.5]
   assert all((r["n_adapt"], r["n_test"]) == (6, 6) for r in half)
   assert all((r["n_adapt"], r["n_test"]) == (12, 12) for r in recs if r["adapt_fraction"] == 1.0)
   roda = [r for r in recs if r["method"] == "roda"]
-  assert all(r["steps"] == 2 and "sinkhorn_converged_frac" in r for r in roda)
+  # One pass (Alg. 1): ceil(n_train / batch) steps; 6 adaptation images -> 2 held out, 4 train.
+  assert all(r["steps"] == -(-r["n_adapt_train"] // 2) for r in roda)
+  assert all(r["n_adapt_train"] + r["n_holdout"] == r["n_adapt"] for r in roda)
+  assert all(len(r["step_metrics"]) == r["steps"] and "row_share" in r["step_metrics"][0]
+             for r in roda)
+  assert all(r["safeguard"]["kept"] and "unguarded" in r for r in roda)
   # Methods on the same part see the same images: bn_stats differs from none only via BN.
   assert all(r["image_auroc"] is not None for r in recs)
   md = open(tmp_path / "w" / "results.md").read()
@@ -142,11 +150,20 @@ def test_bottle_clean_image_auroc(tmp_path):
   assert recs[0]["image_auroc"] >= 98.0
 
 
+def test_the_seed_redraws_the_split_and_the_noise():
+  a, b = train.target_split(50, 0.2, 0), train.target_split(50, 0.2, 1)
+  assert len(a[0]) == len(b[0]) == 10 and not np.array_equal(a[0], b[0])
+  x = np.full((2, 16, 16, 3), 100, np.uint8)
+  n0, n1 = (train.shifted_images(x, "gaussian_noise", 5, s, 2) for s in (0, 1))
+  assert not np.array_equal(n0, n1)
+  np.testing.assert_array_equal(n0, train.shifted_images(x, "gaussian_noise", 5, 0, 2))
+
+
 def test_shift_noise_is_the_same_in_every_process():
   # str hashes differ between processes (PYTHONHASHSEED); the corruption key must not.
   code = ("import numpy as np; from experiments import train; "
           "x = np.full((1, 16, 16, 3), 100, np.uint8); "
-          "print(int(train._shifted(x, 'gaussian_noise', 5, 0, 1).astype(int).sum()))")
+          "print(int(train.shifted_images(x, 'gaussian_noise', 5, 0, 1).astype(int).sum()))")
   outs = []
   for seed in ("1", "2"):
     env = {**os.environ, "PYTHONHASHSEED": seed}

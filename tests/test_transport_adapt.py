@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from rodajax import adapt, backbones, features, transport
@@ -39,20 +40,55 @@ def test_chunked_argmaxes_equal_dense_plan_and_marginals_hold():
 def test_only_batchnorm_affine_parameters_change():
   module, variables = backbones.create("efficientnet_lite0", "pretrained", taps=("stage3", "stage5"))
   ext = features.make_extractor(module, ("stage3", "stage5"), 64)
-  cfg = base.get_base_config().adapt
-  cfg.patches = 64
-  cfg.lr = 1e-2
-  bank = jax.random.normal(jax.random.key(0), (128, 152))
-  step, opt = adapt.make_step("roda", ext, variables["params"], cfg)
+  settings = adapt.Settings(target_patches=64, bank_patches=64)
+  optimizer = adapt.make_optimizer(variables["params"], 1e-2)
+  step = jax.jit(adapt.make_step(settings, ext, optimizer))
+  source = adapt.Source(jax.random.normal(jax.random.key(0), (128, 152)), jnp.zeros(152),
+                        jnp.eye(152))
   imgs = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3)), jnp.uint8)
-  p, _, loss, _ = step(variables["params"], opt.init(variables["params"]), variables["batch_stats"],
-                       imgs, jax.random.key(1), bank, jnp.zeros(152), jnp.eye(152))
-  assert np.isfinite(float(loss))
+  state, m = step(adapt.init_state(variables, optimizer), source, imgs, jax.random.key(1))
+  assert np.isfinite(float(m["loss"])) and bool(m["finite"])
+  p = state.params
   before, after = traverse_util.flatten_dict(variables["params"]), traverse_util.flatten_dict(p)
   labels = traverse_util.flatten_dict(adapt.bn_labels(variables["params"]))
   changed = [k for k in before if not np.array_equal(before[k], after[k])]
   assert changed and all(labels[k] == "bn" for k in changed)
   assert all(np.array_equal(before[k], after[k]) for k in before if labels[k] == "frozen")
+  # The running statistics are not touched by a step.
+  for a, b in zip(jax.tree.leaves(state.batch_stats), jax.tree.leaves(variables["batch_stats"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_online_sinkhorn_equals_the_dense_cost_matrix_solution():
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.normal(size=(300, 8)), jnp.float32)
+  y = jnp.asarray(rng.normal(size=(200, 8)), jnp.float32)
+  dense = transport.sinkhorn_potentials(x, y, 0.05, threshold=1e-4, max_iterations=500)
+  online = transport.sinkhorn_potentials(x, y, 0.05, threshold=1e-4, max_iterations=500, chunk=64)
+  assert bool(dense.converged) and bool(online.converged)
+  np.testing.assert_allclose(online.epsilon, dense.epsilon, rtol=1e-5)
+  r1, c1 = transport.plan_argmaxes(x, y, dense.f, dense.g)
+  r2, c2 = transport.plan_argmaxes(x, y, online.f, online.g)
+  assert np.mean(np.asarray(r1) == np.asarray(r2)) > 0.99
+  assert np.mean(np.asarray(c1) == np.asarray(c2)) > 0.99
+
+
+def test_balanced_subsets_and_plan_diagnostics_by_hand():
+  t, b = transport.balanced_subsets(jax.random.key(0), 100, 50, 30, 30)
+  assert len(np.unique(t)) == 30 and len(np.unique(b)) == 30 and int(b.max()) < 50
+  t, b = transport.balanced_subsets(jax.random.key(0), 100, 50, 0, 0)
+  np.testing.assert_array_equal(t, np.arange(100))
+  assert b is None
+  # 3 target points, 2 bank points on a line: x = 0, 1, 10; y = 0, 10.
+  x = jnp.asarray([[0.0], [1.0], [10.0]])
+  y = jnp.asarray([[0.0], [10.0]])
+  row = jnp.asarray([0, 0, 1])        # nearest bank entry of each target point
+  col = jnp.asarray([0, 2])           # nearest target point of each bank entry
+  d = {k: float(v) for k, v in transport.plan_diagnostics(x, y, row, col).items()}
+  # Pairs: rows (0,0) d0, (1,0) d1, (2,1) d0; columns (0,0) and (2,1) duplicate rows -> weight 0.
+  assert d["row_share"] == pytest.approx(1.0, abs=1e-5)
+  assert d["col_pairs_share"] == 0.0
+  assert d["col_distinct"] == 2 and d["row_distinct"] == 2
 
 
 def test_unknown_method_lists_known():
