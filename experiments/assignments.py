@@ -58,18 +58,12 @@ def main(argv):
   config = _CONFIG.value
   name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
   workdir = _WORKDIR.value or os.path.join("runs", name)
-  train.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  module, variables, extract = train.build_model(config)
-  extract = jax.jit(extract)
   records = []
-  for category in train.parse_list(config.data.categories):
-    ds = data.load(config.data, category, seed=config.seed)
+  for ds, v, source, extract in train.fitted_categories(config, workdir):
+    category = ds.category
     if ds.test.masks is None:
       raise SystemExit(f"{ds.name}/{category} has no ground-truth masks; the assignment analysis "
                        "needs them (MVTec AD or MVTec 3D-AD test sets)")
-    bank, v = train.fit_or_restore(config, workdir, ds, module, variables, extract, {})
-    source = train.source_of(bank)
     for seed in train.seeds(config):
       adapt_idx, _ = train.target_split(len(ds.test), config.shift.adapt_fraction, seed)
       masks = data.centre_crop(ds.test.masks[adapt_idx], config.data.crop)

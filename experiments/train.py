@@ -194,6 +194,21 @@ def build_model(config):
   return module, variables, extract
 
 
+def fitted_categories(config, workdir):
+  """Yields `(ds, variables, source, extract)` per category, the bank fitted or restored.
+
+  For the analysis experiments (assignments, epsilon): `extract` is jitted.
+  """
+  validate(config)
+  os.makedirs(workdir, exist_ok=True)
+  module, variables, extract = build_model(config)
+  extract = jax.jit(extract)
+  for category in parse_list(config.data.categories):
+    ds = data.load(config.data, category, seed=config.seed)
+    bank, v = fit_or_restore(config, workdir, ds, module, variables, extract, {})
+    yield ds, v, source_of(bank), extract
+
+
 def source_of(bank: patchcore.MemoryBank) -> adapt.Source:
   return adapt.Source(jax.numpy.asarray(bank.bank), jax.numpy.asarray(bank.feature_mean),
                       jax.numpy.asarray(bank.feature_cov))

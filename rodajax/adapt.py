@@ -91,7 +91,7 @@ class Settings:
   views: int = 4
   target_patches: int = 4096
   bank_patches: int = 4096
-  epsilon: float = 0.05
+  epsilon: float = 0.02
   sinkhorn_threshold: float = 1e-3
   sinkhorn_max_iterations: int = 200
   online_above: int = 64 * 2 ** 20

@@ -84,6 +84,18 @@ def test_roda_on_unshifted_data_leaves_the_ranking_unchanged(setup):
   assert info["safeguard"]["kept"] in ("source", "statistics") or info["safeguard"]["adapted"]
 
 
+def test_auto_statistics_keep_the_source_on_clean_data_and_switch_under_contrast(setup):
+  s = setup
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  cfg.bn_mode = "auto"
+  _, _, clean = _run(s, "moment", s["clean_target"], cfg)
+  target = corruptions.apply_batched("contrast", s["clean_target"], 5, jax.random.key(2), 8)
+  _, _, shifted = _run(s, "moment", target, cfg)
+  assert clean["bn_auto"]["chosen"] == "source"
+  assert shifted["bn_auto"]["chosen"] in ("prior", "target_stats")
+  assert shifted["bn_auto"][shifted["bn_auto"]["chosen"]] < 0.99 * shifted["bn_auto"]["source"]
+
+
 def test_safeguard_keeps_the_source_model_when_the_criterion_does_not_improve():
   assert tta.decide([10.0, 10.5, 11.0], 0.01) == 0            # adapting made it worse
   assert tta.decide([10.0, 9.95, 9.96], 0.01) == 0            # better, but within the margin

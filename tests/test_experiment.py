@@ -172,3 +172,23 @@ def test_shift_noise_is_the_same_in_every_process():
     assert r.returncode == 0, r.stderr[-2000:]
     outs.append(r.stdout.strip().splitlines()[-1])
   assert outs[0] == outs[1]
+
+
+def test_epsilon_sweep_reports_plan_diagnostics(tmp_path):
+  write_mvtec(tmp_path / "data", n_train=6, n_good=6, n_bad=6, size=64)
+  cmd = [sys.executable, "-m", "experiments.epsilon", "--config", os.path.join(ROOT, "configs/mvtec.py"),
+         f"--config.data.root={tmp_path / 'data'}", "--config.data.categories=widget",
+         "--config.data.resize=64", "--config.data.crop=64", "--config.batch_size=4",
+         "--config.shift.corruptions=clean,contrast", "--config.adapt.batch_images=2",
+         "--config.adapt.target_patches=64", "--config.adapt.bank_patches=64",
+         "--epsilons=0.01,0.2", f"--workdir={tmp_path / 'w'}"]
+  out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = json.load(open(tmp_path / "w" / "epsilon.json"))
+  assert len(rows) == 2 * 2 and {r["epsilon"] for r in rows} == {0.01, 0.2}
+  for shift in ("clean", "contrast"):
+    lo, hi = (next(r for r in rows if r["shift"] == shift and r["epsilon"] == e) for e in (0.01, 0.2))
+    # A smaller epsilon makes the plan sharper: fewer near-ties, more distinct column argmaxes.
+    assert lo["row_near_ties"] <= hi["row_near_ties"]
+    assert lo["col_distinct_frac"] >= hi["col_distinct_frac"]
+    assert 0.0 <= lo["row_share"] <= 1.0 and lo["n"] == 64
