@@ -211,8 +211,11 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if not guard:
     return last, last, info
 
-  crits = jax.device_get([fns.criterion(variables, source, hold, k_crit)] +
-                         [fns.criterion(v, source, hold, k_crit) for v in candidates])
+  base = fns.criterion(variables, source, hold, k_crit)
+  # With the source statistics the first candidate is the source model: no second evaluation.
+  crits = jax.device_get([base] + [base if i == 0 and stats is source_stats
+                                   else fns.criterion(v, source, hold, k_crit)
+                                   for i, v in enumerate(candidates)])
   # crits[0]: the source model; crits[1]: statistics only (before any step);
   # crits[1 + s]: after step s.
   name = cfg_adapt.safeguard_criterion
