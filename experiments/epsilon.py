@@ -75,7 +75,7 @@ def main(argv):
   summary = []
   for eps in sorted({r["epsilon"] for r in rows}):
     mine = [r for r in rows if r["epsilon"] == eps]
-    summary.append({k: (eps if k == "epsilon" else float(np.mean([r[k] for r in mine])))
+    summary.append({k: (f"{eps:g}" if k == "epsilon" else float(np.mean([r[k] for r in mine])))
                     for k in KEYS})
   report.atomic_write(os.path.join(workdir, "epsilon.json"), json.dumps(rows, indent=1))
   md = report.markdown_table(summary, KEYS)
