@@ -49,7 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.adapt = ml_collections.ConfigDict()
   c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
-  c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
+  c.adapt.bn_mode = "source"       # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior)
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images
@@ -61,9 +61,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.adapt.target_patches = 4096    # target patches per OT problem (0 = all patches of all views)
   c.adapt.bank_patches = 4096      # bank entries per OT problem (0 = the whole bank); equal to
                                    # target_patches keeps the problem balanced
-  c.adapt.lr = 1e-3
+  c.adapt.lr = 1e-2                # Adam on BN scale/bias (tuned on ELPV mono, docs/results.md)
   c.adapt.optimizer = "adam"       # adam | sgd
-  c.adapt.epsilon = 0.05           # entropic regularisation, relative to the mean cost
+  c.adapt.epsilon = 0.02           # entropic regularisation, relative to the mean cost
+                                   # (python -m experiments.epsilon: balance and ties per value)
   c.adapt.sinkhorn_threshold = 1e-3
   c.adapt.sinkhorn_max_iterations = 200
   c.adapt.online_above = 64 * 2 ** 20  # OT problems with more cost entries use online costs

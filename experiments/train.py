@@ -77,9 +77,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
-  if config.adapt.bn_mode == "auto" and not config.adapt.safeguard:
-    raise ConfigError("config.adapt.bn_mode='auto' chooses the statistics on held-out images: "
-                      "set config.adapt.safeguard=True or pick a fixed bn_mode")
   if config.adapt.epochs < 1:
     raise ConfigError(f"config.adapt.epochs={config.adapt.epochs} must be >= 1")
   if not 0.0 < config.adapt.holdout_fraction < 1.0:

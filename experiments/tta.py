@@ -7,8 +7,7 @@ Per call of `run` (one method, one target domain):
    safeguard on, a held-out part (`adapt.holdout_fraction`).
 2. BatchNorm statistics (`adapt.bn_mode`): kept (source), replaced by those of
    the training part (target_stats), mixed with an N-sample source prior
-   (prior, N = `adapt.bn_prior`), or (auto) whichever of the three has the
-   lowest held-out criterion (source unless another beats it by the margin).
+   (prior, N = `adapt.bn_prior`).
 3. Algorithm 1: `adapt.epochs` passes over the training part in minibatches of
    `adapt.batch_images` (a shuffled order per pass; the last, short minibatch
    is filled with images from the start of the order so one compilation serves
@@ -159,23 +158,11 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
 
   source_stats = variables["batch_stats"]
   stats, mode = source_stats, cfg_adapt.bn_mode
-  hold = jnp.asarray(images[hold_idx]) if guard else None
   if method == "bn_stats" or mode != "source":
     t_stats = target_statistics(fns.moments, variables, train, cfg_adapt.stats_batch)
-    options = {"source": source_stats,
-               "prior": adapt.mix_batch_stats(source_stats, t_stats, len(train), cfg_adapt.bn_prior),
-               "target_stats": t_stats}
-    if method == "bn_stats":
-      mode = "target_stats"
-    elif mode == "auto":
-      # Label-free choice of the statistics on the held-out images (same rule as the safeguard).
-      names = list(options)
-      crit = jax.device_get([fns.criterion({"params": variables["params"], "batch_stats": options[k]},
-                                           source, hold, k_crit)[cfg_adapt.safeguard_criterion]
-                             for k in names])
-      mode = names[decide([float(c) for c in crit], cfg_adapt.safeguard_margin)]
-      info["bn_auto"] = {"chosen": mode, **{k: float(c) for k, c in zip(names, crit)}}
-    stats = options[mode]
+    mode = "target_stats" if method == "bn_stats" else mode
+    stats = (t_stats if mode == "target_stats" else
+             adapt.mix_batch_stats(source_stats, t_stats, len(train), cfg_adapt.bn_prior))
   info["bn_stats_used"] = mode
   start = {"params": variables["params"], "batch_stats": stats}
 
@@ -211,6 +198,7 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if not guard:
     return last, last, info
 
+  hold = jnp.asarray(images[hold_idx])
   base = fns.criterion(variables, source, hold, k_crit)
   # With the source statistics the first candidate is the source model: no second evaluation.
   crits = jax.device_get([base] + [base if i == 0 and stats is source_stats

