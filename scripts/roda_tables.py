@@ -1,7 +1,7 @@
 """Markdown tables (mean +- std over seeds, with n) from finished runs' results.json files.
 
   python scripts/roda_tables.py runs/main/*/results.json > tables.md
-  python scripts/roda_tables.py --by bn_mode runs/bn_*/*/results.json   # a column per BN mode
+  python scripts/roda_tables.py --by run runs/bn_*/*/results.json   # a row per run folder
 
 Per (dataset/category): a method x shift table of image AUROC (and pixel AUROC,
 AUPRO where masks exist), the clean column first, then the mean over the four
@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHIFTS = ["gaussian_noise", "defocus_blur", "brightness", "contrast"]
 ORDER = ["none", "bn_stats", "moment", "kl", "hungarian", "sinkhorn", "discrete", "discrete_copy",
-         "roda"]
+         "roda", "roda_source", "roda_prior", "roda_target_stats"]
 
 
 def fmt(vals):
@@ -69,10 +69,10 @@ def table(recs, metric, label):
 
 
 def by_key(recs, key, metric="image_auroc"):
-  """Mean over the four shifts (and clean), per dataset and value of `key`, roda rows."""
+  """Per dataset and value of `key` (e.g. `run`, the folder above each workdir): seed 0 values."""
   groups = {}
   for r in recs:
-    groups.setdefault((f"{r['dataset']}/{r['category']}", r.get(key, r.get("bn_mode"))), []).append(r)
+    groups.setdefault((f"{r['dataset']}/{r['category']}", r.get(key)), []).append(r)
   lines = [f"| data | {key} | method | clean | mean of shifts | " + " | ".join(SHIFTS) + " |",
            "|---|---|---|---|---|" + "---|" * len(SHIFTS)]
   for (data, kv), rs in sorted(groups.items(), key=lambda x: (x[0][0], str(x[0][1]))):
@@ -85,19 +85,69 @@ def by_key(recs, key, metric="image_auroc"):
   return "\n".join(lines) + "\n"
 
 
+def diagnostics(recs, method="roda"):
+  """Per dataset: the per-step plan diagnostics of `method`, averaged over steps, shifts, seeds."""
+  lines = ["| data | steps | row_share | col_pairs_share | col_distinct / n | row_distinct / m | "
+           "Sinkhorn iterations | converged |", "|---|---|---|---|---|---|---|---|"]
+  for d in dict.fromkeys(f"{r['dataset']}/{r['category']}" for r in recs):
+    steps = [m for r in recs if f"{r['dataset']}/{r['category']}" == d and r["method"] == method
+             for m in r.get("step_metrics", [])]
+    if not steps:
+      continue
+    avg = lambda f: statistics.fmean(f(m) for m in steps)
+    lines.append(f"| {d} | {len(steps)} | {avg(lambda m: m['row_share']):.2f} | "
+                 f"{avg(lambda m: m['col_pairs_share']):.2f} | "
+                 f"{avg(lambda m: m['col_distinct'] / m['n_target']):.2f} | "
+                 f"{avg(lambda m: m['row_distinct'] / m['n_bank']):.2f} | "
+                 f"{avg(lambda m: m['sinkhorn_iters']):.1f} | "
+                 f"{avg(lambda m: float(m['sinkhorn_converged'])):.2f} |")
+  return "\n".join(lines) + "\n"
+
+
+def safeguard(recs):
+  """How often the safeguard kept the source model, per method and clean / shifted."""
+  lines = ["| method | clean: kept source | shifted: kept source | n records |", "|---|---|---|---|"]
+  for m in [m for m in ORDER if any(r["method"] == m and "safeguard" in r for r in recs)]:
+    mine = [r for r in recs if r["method"] == m and "safeguard" in r]
+    c = [r for r in mine if r["shift"] == "clean"]
+    sh = [r for r in mine if r["shift"] != "clean"]
+    frac = lambda rs: f"{sum(not r['safeguard']['adapted'] for r in rs)} / {len(rs)}"
+    lines.append(f"| {m} | {frac(c)} | {frac(sh)} | {len(mine)} |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("files", nargs="+")
   ap.add_argument("--by", default=None)
+  ap.add_argument("--diagnostics", action="store_true", help="plan diagnostics and safeguard")
+  ap.add_argument("--split-bn", action="store_true",
+                  help="name roda rows roda_<bn_mode> (to put runs with different BN modes side by side)")
   args = ap.parse_args()
   recs = []
   for f in args.files:
     for r in json.load(open(f)):
-      r.setdefault("bn_mode", os.path.basename(os.path.dirname(os.path.dirname(f))))
+      r["run"] = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(f))))
       recs.append(r)
   recs = [r for r in recs if r.get("severity") in (0, 5) and r.get("adapt_fraction", 0.2) == 0.2]
+  if args.split_bn:
+    for r in recs:
+      if r["method"] == "roda":
+        r["method"] = f"roda_{r['bn_mode']}"
+    # none / bn_stats do not depend on the BN mode: keep one record per (data, shift, seed).
+    seen, keep = set(), []
+    for r in recs:
+      k = (r["dataset"], r["category"], r["shift"], r["seed"], r["method"])
+      if k not in seen:
+        seen.add(k)
+        keep.append(r)
+    recs = keep
   if args.by:
     print(by_key(recs, args.by))
+    return
+  if args.diagnostics:
+    print(diagnostics(recs))
+    print(safeguard(recs))
     return
   datasets = list(dict.fromkeys(f"{r['dataset']}/{r['category']}" for r in recs))
   for d in datasets:
