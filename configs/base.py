@@ -49,7 +49,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.adapt = ml_collections.ConfigDict()
   c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
-  c.adapt.bn_mode = "source"       # BN statistics while adapting and testing: source |
+  c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior)
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images
