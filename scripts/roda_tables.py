@@ -85,9 +85,14 @@ def by_key(recs, key, metric="image_auroc"):
   return "\n".join(lines) + "\n"
 
 
-def diagnostics(recs, method="roda"):
-  """Per dataset: the per-step plan diagnostics of `method`, averaged over steps, shifts, seeds."""
-  lines = ["| data | steps | row_share | col_pairs_share | col_distinct / n | row_distinct / m | "
+def diagnostics(recs):
+  """Per roda variant and dataset: the per-step plan diagnostics, averaged over steps, shifts, seeds."""
+  return "\n".join(diagnostics_of(recs, m) for m in ORDER
+                   if m.startswith("roda") and any(r["method"] == m for r in recs))
+
+
+def diagnostics_of(recs, method):
+  lines = [f"{method}:\n", "| data | steps | row_share | col_pairs_share | col_distinct / n | row_distinct / m | "
            "Sinkhorn iterations | converged |", "|---|---|---|---|---|---|---|---|"]
   for d in dict.fromkeys(f"{r['dataset']}/{r['category']}" for r in recs):
     steps = [m for r in recs if f"{r['dataset']}/{r['category']}" == d and r["method"] == method
@@ -121,6 +126,7 @@ def main():
   ap.add_argument("files", nargs="+")
   ap.add_argument("--by", default=None)
   ap.add_argument("--diagnostics", action="store_true", help="plan diagnostics and safeguard")
+  ap.add_argument("--seed", type=int, default=None, help="only the records of this seed")
   ap.add_argument("--split-bn", action="store_true",
                   help="name roda rows roda_<bn_mode> (to put runs with different BN modes side by side)")
   args = ap.parse_args()
@@ -129,7 +135,8 @@ def main():
     for r in json.load(open(f)):
       r["run"] = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(f))))
       recs.append(r)
-  recs = [r for r in recs if r.get("severity") in (0, 5) and r.get("adapt_fraction", 0.2) == 0.2]
+  recs = [r for r in recs if r.get("severity") in (0, 5) and r.get("adapt_fraction", 0.2) == 0.2
+          and (args.seed is None or r.get("seed") == args.seed)]
   if args.split_bn:
     for r in recs:
       if r["method"] == "roda":
