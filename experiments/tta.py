@@ -119,8 +119,9 @@ def minibatches(n: int, batch: int, epochs: int, key: jax.Array) -> list[np.ndar
 def decide(criteria: list[float], margin: float) -> int:
   """Safeguard rule: index of the kept candidate (0 = source parameters).
 
-  criteria[0] is the source model's held-out criterion, criteria[i] the one
-  after step i. The best step is kept only if it is below (1 - margin) x the
+  criteria[0] is the source model's held-out criterion, criteria[1] the one
+  with the adapted statistics before any step, criteria[1 + s] the one after
+  step s. The best candidate is kept only if it is below (1 - margin) x the
   source's; otherwise 0.
   """
   if len(criteria) < 2 or not np.isfinite(criteria[0]):
@@ -166,7 +167,9 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   info["bn_stats_used"] = mode
   start = {"params": variables["params"], "batch_stats": stats}
 
-  candidates = [start]
+  # Candidates keep only their BatchNorm affine parameters (the rest never changes):
+  # memory stays small however many steps a pass has.
+  candidates = [adapt.split_bn(start["params"])[0]]
   step_metrics = []
   if fns.step is not None:
     state = adapt.init_state(start, fns.optimizer)
@@ -176,7 +179,7 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
     for s, idx in enumerate(it):
       state, m = fns.step(state, source, jnp.asarray(train[idx]), jax.random.fold_in(k_loop, s))
       step_metrics.append(m)
-      candidates.append(state.variables)
+      candidates.append(adapt.split_bn(state.params)[0])
     step_metrics = jax.device_get(step_metrics)  # one transfer for the whole pass
     info["steps"] = len(step_metrics)
     info["step_metrics"] = [{k: (v.item() if hasattr(v, "item") else v) for k, v in m.items()}
@@ -194,7 +197,10 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
     info.update({"loss_first": losses[0], "loss_last": losses[-1]})
   else:
     info["steps"] = 0
-  last = candidates[-1]
+
+  def variables_of(bn_flat):
+    return {"params": adapt.with_bn(variables["params"], bn_flat), "batch_stats": stats}
+  last = variables_of(candidates[-1])
   if not guard:
     return last, last, info
 
@@ -202,14 +208,14 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   base = fns.criterion(variables, source, hold, k_crit)
   # With the source statistics the first candidate is the source model: no second evaluation.
   crits = jax.device_get([base] + [base if i == 0 and stats is source_stats
-                                   else fns.criterion(v, source, hold, k_crit)
+                                   else fns.criterion(variables_of(v), source, hold, k_crit)
                                    for i, v in enumerate(candidates)])
   # crits[0]: the source model; crits[1]: statistics only (before any step);
   # crits[1 + s]: after step s.
   name = cfg_adapt.safeguard_criterion
   values = [float(c[name]) for c in crits]
   chosen = decide(values, cfg_adapt.safeguard_margin)
-  kept = variables if chosen == 0 else candidates[chosen - 1]
+  kept = variables if chosen == 0 else variables_of(candidates[chosen - 1])
   info["safeguard"] = {
       "criterion": name, "margin": cfg_adapt.safeguard_margin,
       "source": values[0], "candidates": values[1:],

@@ -138,6 +138,11 @@ def split_bn(params):
           {k: v for k, v in flat.items() if labels[k] != "bn"})
 
 
+def with_bn(params, bn_flat: dict) -> Any:
+  """`params` with its BatchNorm affine leaves replaced by `bn_flat` (a `split_bn` dict)."""
+  return traverse_util.unflatten_dict({**traverse_util.flatten_dict(params), **bn_flat})
+
+
 def make_optimizer(params, learning_rate: float, name: str = "adam") -> optax.GradientTransformation:
   """Optax optimiser that updates BatchNorm affine parameters only."""
   if name not in ("adam", "sgd"):
