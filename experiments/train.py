@@ -37,8 +37,6 @@ def parse_list(v) -> list[str]:
   return data.parse_categories(v)
 
 
-
-
 def seeds(config) -> list[int]:
   """`config.shift.seeds` (comma-separated) if set, else [config.seed]."""
   many = parse_list(config.shift.get("seeds", ""))
@@ -227,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     timing = {}
     t_fit = time.perf_counter()
     bank, v_source = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
+    source = source_of(bank)   # on the device once per category
     timing["fit_s"] = time.perf_counter() - t_fit
     fractions = _fractions(config)
     for seed in seeds(config):
@@ -238,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
         shifted = shifted_images(ds.test.images, shift, severity, seed, config.batch_size)
         for fraction, method in todo:
-          ctx.run_one(ds, v_source, bank, timing, shift, severity, seed, shifted, fraction,
+          ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
                       fraction == fractions[0], method)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
@@ -267,9 +266,9 @@ class Context:
                                    self.config.data.crop)
     return self.fns[method]
 
-  def evaluate(self, variables, bank, images, test_eval, masks, desc):
+  def evaluate(self, variables, source, images, test_eval, masks, desc):
     c = self.config
-    scores, maps = patchcore.predict(self.predict, variables, images, bank.bank, c.batch_size,
+    scores, maps = patchcore.predict(self.predict, variables, images, source.bank, c.batch_size,
                                      progress=tqdm, desc=desc)
     finite = bool(np.all(np.isfinite(scores)))
     m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
@@ -279,7 +278,7 @@ class Context:
            "error": "non-finite anomaly scores (adaptation diverged?)"}
     return m, scores, maps
 
-  def run_one(self, ds, variables, bank, timing, shift, severity, seed, shifted, fraction,
+  def run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
               first_fraction, method):
     """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record."""
     config, workdir = self.config, self.workdir
@@ -293,25 +292,25 @@ class Context:
     kept = last = variables
     if method != "none":
       fns = self.functions(method, variables["params"])
-      kept, last, info = tta.run(method, fns, config.adapt, variables, source_of(bank),
+      kept, last, info = tta.run(method, fns, config.adapt, variables, source,
                                  shifted[adapt_idx], jax.random.key(seed), progress=tqdm)
     t1 = time.perf_counter()
     desc = f"{category}/{shift}{severity or ''}/s{seed}/{method}: score"
-    m, scores, maps = self.evaluate(kept, bank, shifted[eval_idx], test_eval, masks, desc)
+    m, scores, maps = self.evaluate(kept, source, shifted[eval_idx], test_eval, masks, desc)
     t2 = time.perf_counter()
     if "error" in m:
       info["error"] = m.pop("error")
     if "safeguard" in info:
       # The same evaluation without the safeguard (the last step's parameters).
-      mu = m if last is kept else self.evaluate(last, bank, shifted[eval_idx], test_eval, masks,
-                                                desc + " (unguarded)")[0]
+      mu = m if last is kept else self.evaluate(last, source, shifted[eval_idx], test_eval,
+                                                masks, desc + " (unguarded)")[0]
       info["unguarded"] = {k: mu.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
     rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
                 "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
                 "n_adapt": len(adapt_idx), "seconds": time.perf_counter() - t0,
                 "image_f1_max": m["image_f1_max"],
                 "per_type_image_auroc": m.get("per_type_image_auroc"),
-                "backbone": config.model.backbone, "memory_bank": list(bank.bank.shape),
+                "backbone": config.model.backbone, "memory_bank": list(source.bank.shape),
                 "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
     if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
       rec["timing"] = {**timing, "scoring_s": t2 - t1,

@@ -188,11 +188,10 @@ def method_loss(z: jax.Array, source: Source, key: jax.Array,
   if kind == "kl":
     return losses.gaussian_kl(z, source.mean, source.cov, settings.kl_reg), {}
   if kind == "hungarian":
-    k_sub, k_bank = jax.random.split(key)
     n = min(settings.hungarian_patches, z.shape[0], source.bank.shape[0])
-    zs = z[jax.random.choice(k_sub, z.shape[0], (n,), replace=False)]
-    bs = source.bank[jax.random.choice(k_bank, source.bank.shape[0], (n,), replace=False)]
-    return transport.hungarian_loss(zs, bs), {}
+    t_idx, b_idx = transport.balanced_subsets(key, z.shape[0], source.bank.shape[0], n, n)
+    bs = source.bank if b_idx is None else source.bank[b_idx]
+    return transport.hungarian_loss(z[t_idx], bs), {}
   zs, bs, _, pot = transport_problem(z, source.bank, key, settings)
   metrics = {"sinkhorn_iters": pot.n_iters, "sinkhorn_converged": pot.converged,
              "sinkhorn_error": pot.error, "n_target": zs.shape[0], "n_bank": bs.shape[0]}

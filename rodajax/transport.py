@@ -2,8 +2,9 @@
 
 Geometry: cost C_ij = ||z_i - m_j||_2 (Euclidean, not squared, as in the
 paper), as an OTT `Geometry` over the precomputed cost matrix, or, for problems
-too large to hold, costs recomputed in row chunks (`sinkhorn_online`). Problem: uniform marginals. Solver: OTT-JAX's log-domain Sinkhorn, which
-returns dual potentials (f, g) with plan gamma_ij = exp((f_i + g_j - C_ij) / eps).
+too large to hold, costs recomputed in row chunks (`sinkhorn_online`). Problem:
+uniform marginals. Solver: OTT-JAX's log-domain Sinkhorn, which returns dual
+potentials (f, g) with plan gamma_ij = exp((f_i + g_j - C_ij) / eps).
 
 Discretisation (paper Eq. 6): pi_ij = 1 if j = argmax_j gamma_ij or
 i = argmax_i gamma_ij. Since eps > 0 and the exponential is monotone,
@@ -168,7 +169,7 @@ def plan_diagnostics(x: jax.Array, y: jax.Array, row: jax.Array, col: jax.Array)
   """
   n, m = x.shape[0], y.shape[0]
   ti, bj, w = discrete_pairs(row, col)
-  d = jnp.sqrt(jnp.maximum(jnp.sum((x[ti] - y[bj]) ** 2, -1), 1e-12)) * w
+  d = pair_distances(x, y, ti, bj) * w
   return {"row_share": jnp.sum(d[:n]) / jnp.maximum(jnp.sum(d), 1e-12),
           "col_pairs_share": jnp.sum(w[n:]) / jnp.sum(w),
           "col_distinct": jnp.sum(jnp.zeros(n).at[col].set(1.0)),
@@ -236,11 +237,16 @@ def discrete_pairs(row: jax.Array, col: jax.Array):
   return ti, bj, w
 
 
+def pair_distances(x: jax.Array, y: jax.Array, ti: jax.Array, bj: jax.Array) -> jax.Array:
+  """C at the listed pairs: ||x[ti] - y[bj]||_2 `[P]`, with a safe gradient at 0."""
+  diff = x[ti] - y[bj]
+  return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12))
+
+
 def discrete_loss(z: jax.Array, bank: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
   """sum_ij pi_ij C_ij / sum_ij pi_ij; gradients flow into `z` only."""
   ti, bj, w = discrete_pairs(row, col)
-  diff = z[ti] - lax.stop_gradient(bank)[bj]
-  d = jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12))
+  d = pair_distances(z, lax.stop_gradient(bank), ti, bj)
   return jnp.sum(w * d) / jnp.sum(w)
 
 
