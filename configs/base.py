@@ -38,6 +38,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.scoring.chunk = 2048
   c.scoring.reweight = 0           # > 0: PatchCore Eq. 7 with this many neighbours
 
+  c.fit = ml_collections.ConfigDict()   # python -m experiments.fit (a saved model)
+  c.fit.calibration_fraction = 0.2  # share of the training normals held out (seeded) to calibrate
+                                    # the threshold against a bank fitted without them
+  c.fit.threshold = "quantile"     # quantile (split-conformal, held-out normals) | f1 (labelled
+                                   # images in fit.validation)
+  c.fit.quantile = 0.99            # a new normal image exceeds the threshold with prob. <= 1 - q
+  c.fit.validation = ""            # folder of labelled images for threshold=f1: good/ = normal,
+                                   # any other subfolder = anomalous
+
   c.shift = ml_collections.ConfigDict()
   c.shift.corruptions = "clean"    # comma-separated: clean and/or corruption names
   c.shift.severities = "5"         # comma-separated, 1-5

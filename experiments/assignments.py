@@ -11,16 +11,11 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from experiments import train, tta
+from experiments import cli, train, tta
 from rodajax import adapt, augment, data, features, report
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "roda_assignment.py"), "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
+FLAGS = [cli.Flag("workdir", "output folder (default runs/<config name>)")]
 
 KEYS = ("category", "shift", "severity", "seed", "method", "n_patches", "n_anomalous",
         "anomalous_fraction", "anomalous_picked_by_bank", "anomalous_loss_share")
@@ -53,16 +48,16 @@ def analyse(method, config, extract, variables, source, images, masks, key):
 
 
 def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  workdir = _WORKDIR.value or os.path.join("runs", name)
+  args = cli.parse(argv, __doc__, FLAGS, os.path.join(cli.CONFIGS, "roda_assignment.py"))
+  cli.quiet_logs()
+  config = args.config
+  name = os.path.splitext(os.path.basename(args.config_file))[0]
+  workdir = args.flags["workdir"] or os.path.join("runs", name)
   records = []
   for ds, v, source, extract in train.fitted_categories(config, workdir):
     category = ds.category
     if ds.test.masks is None:
-      raise SystemExit(f"{ds.name}/{category} has no ground-truth masks; the assignment analysis "
+      raise cli.UserError(f"{ds.name}/{category} has no ground-truth masks; the assignment analysis "
                        "needs them (MVTec AD or MVTec 3D-AD test sets)")
     for seed in train.seeds(config):
       adapt_idx, _ = train.target_split(len(ds.test), config.shift.adapt_fraction, seed)
@@ -82,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -18,18 +18,13 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from experiments import train, tta
+from experiments import cli, train, tta
 from rodajax import adapt, augment, report, transport
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "elpv.py"), "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/epsilon).")
-_EPS = flags.DEFINE_list("epsilons", ["0.005", "0.01", "0.02", "0.05", "0.1", "0.2"],
-                         "Relative epsilons to sweep.")
+FLAGS = [cli.Flag("workdir", "output folder (default runs/epsilon)"),
+         cli.Flag("epsilons", "comma-separated relative epsilons to sweep",
+                  "0.005,0.01,0.02,0.05,0.1,0.2")]
 
 KEYS = ("epsilon", "n", "sinkhorn_iters", "converged", "row_share", "col_pairs_share",
         "col_distinct_frac", "row_distinct_frac", "row_near_ties")
@@ -43,10 +38,15 @@ def near_ties(z, bank, pot, chunk=2048):
 
 
 def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join("runs", "epsilon")
+  args = cli.parse(argv, __doc__, FLAGS, os.path.join(cli.CONFIGS, "elpv.py"))
+  cli.quiet_logs()
+  config = args.config
+  workdir = args.flags["workdir"] or os.path.join("runs", "epsilon")
+  try:
+    epsilons = [float(e) for e in train.parse_list(args.flags["epsilons"])]
+  except ValueError:
+    raise cli.UserError(f"--epsilons={args.flags['epsilons']!r} must be comma-separated "
+                        "numbers") from None
   rows = []
   for ds, v, source, extract in train.fitted_categories(config, workdir):
     category = ds.category
@@ -57,7 +57,7 @@ def main(argv):
                                     config.batch_size)[:config.adapt.batch_images]
         x = augment.views(jnp.asarray(imgs), jax.random.key(seed), config.adapt.views, "dihedral")
         z = extract(v, x).reshape(-1, source.bank.shape[1])
-        for eps in _EPS.value:
+        for eps in epsilons:
           cfg = config.adapt.copy_and_resolve_references()
           cfg.epsilon = float(eps)
           s = tta.settings(cfg, "roda")
@@ -84,4 +84,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

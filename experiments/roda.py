@@ -1,27 +1,24 @@
 """Main job: PatchCore (+ shifts and adaptation) over the categories of a config.
 
   python -m experiments.roda [--config configs/X.py] [--config.key=value ...] [--workdir DIR]
+
+Writes DIR/results.json and DIR/results.md (default DIR: runs/<config name>);
+a rerun reuses the records and memory banks already there.
 """
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from experiments import cli
 
-from experiments import train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "elpv.py"), "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
+FLAGS = [cli.Flag("workdir", "output folder (default runs/<config name>)")]
 
 
 def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  workdir = _WORKDIR.value or os.path.join("runs", name)
-  train.train_and_evaluate(_CONFIG.value, workdir)
+  args = cli.parse(argv, __doc__, FLAGS, os.path.join(cli.CONFIGS, "elpv.py"))
+  cli.quiet_logs()
+  from experiments import train   # after parsing: --help needs no JAX
+  name = os.path.splitext(os.path.basename(args.config_file))[0]
+  train.train_and_evaluate(args.config, args.flags["workdir"] or os.path.join("runs", name))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,14 +21,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments import tta
+from experiments import cli, tta
+from experiments import workdir as workdir_lib
 from rodajax import adapt, backbones, data, features, metrics, patchcore, report
 from rodajax.coreset import coreset_size
 
 log = logging.getLogger("rodajax")
 
 
-class ConfigError(ValueError):
+class ConfigError(cli.UserError, ValueError):
   """A config value that cannot work; the message names the key and the fix."""
 
 
@@ -61,17 +62,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
   if not parse_list(config.data.categories):
     raise ConfigError("config.data.categories is empty; name at least one category")
-  backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
-  shifts = [s for s in parse_list(config.shift.corruptions) if s != "clean"]
-  if shifts:
-    from rodajax import corruptions
-    for s in shifts:
-      corruptions.check(s, 1)
-    for sev in parse_list(config.shift.severities):
-      corruptions.check(shifts[0], int(sev))
-  methods = parse_list(config.adapt.methods)
-  for m in methods:
-    adapt.check_method(m)
+  try:
+    backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
+    shifts = [s for s in parse_list(config.shift.corruptions) if s != "clean"]
+    if shifts:
+      from rodajax import corruptions
+      for s in shifts:
+        corruptions.check(s, 1)
+      for sev in parse_list(config.shift.severities):
+        corruptions.check(shifts[0], int(sev))
+    methods = parse_list(config.adapt.methods)
+    for m in methods:
+      adapt.check_method(m)
+  except ValueError as e:   # the library's message names the value and the known ones
+    raise ConfigError(f"{e} (config.model.backbone / shift.corruptions / shift.severities / "
+                      "adapt.methods)") from None
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
@@ -109,30 +114,59 @@ def _taps(config):
       backbones._canonical(config.model.backbone)]
 
 
-def fit_or_restore(config, workdir, ds, module, variables, extract, timing):
-  """The memory bank of `ds.train`: restored from `workdir/banks/...` or fitted and saved."""
-  folder = config.get("bank_dir", "") or os.path.join(workdir, "banks")
-  path = os.path.abspath(os.path.join(folder, f"{ds.name}_{ds.category}_"
-                                      f"{_fingerprint(config, ds.category)}"))
-  ckpt = ocp.StandardCheckpointer()
-  if os.path.isdir(path):
-    tree = ckpt.restore(path)
-    timing["restored_bank"] = True
-    return patchcore.MemoryBank.from_tree(tree["memory"]), tree["variables"]
+def train_features(config, ds, variables, extract, timing) -> np.ndarray:
+  """Patch features `[N, h, w, D]` of `ds.train` (jitted extractor, fixed batches)."""
   t = time.perf_counter()
   feats = patchcore.batched(jax.jit(extract), variables, ds.train.images, config.batch_size,
                             progress=tqdm, desc=f"{ds.category}: train features")
   timing["train_features_s"] = time.perf_counter() - t
   timing["features_img_per_s"] = len(ds.train) / timing["train_features_s"]
   if not np.all(np.isfinite(feats)):
-    raise FloatingPointError("training features contain NaN/inf; check the weights file")
-  t = time.perf_counter()
+    bad = [ds.train.names[i] for i in np.flatnonzero(~np.isfinite(feats).all(axis=(1, 2, 3)))]
+    raise cli.UserError(f"the backbone gives NaN/inf features on {len(bad)} training images "
+                        f"(first: {bad[0]}); check config.model.weights={config.model.weights!r} "
+                        "(a damaged or mismatched weight file)")
+  return feats
+
+
+def fit_bank(config, feats: np.ndarray, desc: str = "") -> patchcore.MemoryBank:
+  """The coreset memory bank of patch features `[N, h, w, D]` (config.coreset, config.seed)."""
   n_patches = feats.shape[0] * feats.shape[1] * feats.shape[2]
   k = coreset_size(n_patches, config.coreset.ratio, config.coreset.size or None)
-  with tqdm(total=1, desc=f"{ds.category}: coreset {n_patches} -> {k}") as bar:
+  with tqdm(total=1, desc=f"{desc}coreset {n_patches} -> {k}") as bar:
     bank = patchcore.fit_memory_bank(feats, jax.random.key(config.seed), config.coreset.ratio,
                                      config.coreset.size or None, config.coreset.proj_dim or None)
     bar.update()
+  return bank
+
+
+def bank_path(config, workdir, ds) -> str:
+  folder = config.get("bank_dir", "") or os.path.join(workdir, "banks")
+  return os.path.abspath(os.path.join(folder, f"{ds.name}_{ds.category}_"
+                                      f"{_fingerprint(config, ds.category)}"))
+
+
+def fit_or_restore(config, workdir, ds, module, variables, extract, timing, feats=None):
+  """The memory bank of `ds.train`: restored from `workdir/banks/...` or fitted and saved.
+
+  `feats`: the training features when the caller has them already.
+  """
+  path = bank_path(config, workdir, ds)
+  ckpt = ocp.StandardCheckpointer()
+  if os.path.isdir(path):
+    try:
+      tree = ckpt.restore(path)
+      bank = patchcore.MemoryBank.from_tree(tree["memory"])
+      timing["restored_bank"] = True
+      return bank, tree["variables"]
+    except Exception as e:  # orbax raises many types for a damaged checkpoint
+      aside = report.set_aside(path)
+      cli.warn(f"memory bank {path} is damaged ({type(e).__name__}); moved it to {aside} "
+               "and fitting it again")
+  if feats is None:
+    feats = train_features(config, ds, variables, extract, timing)
+  t = time.perf_counter()
+  bank = fit_bank(config, feats, f"{ds.category}: ")
   timing["coreset_s"] = time.perf_counter() - t
   ckpt.save(path, {"memory": bank.to_tree(), "variables": jax.tree.map(np.asarray, variables)})
   ckpt.wait_until_finished()
@@ -182,11 +216,19 @@ def build_model(config):
   running statistics in `variables` (source, or adapted ones).
   """
   taps = _taps(config)
-  module, variables = backbones.create(config.model.backbone, config.model.weights or None,
-                                       taps=taps, seed=config.seed)
+  _, variables = backbones.create(config.model.backbone, config.model.weights or None,
+                                  taps=taps, seed=config.seed)
+  module, extract = build_extractor(config)
+  return module, variables, extract
+
+
+def build_extractor(config):
+  """`(module, extract)` of `build_model` without reading any weights (a saved model has them)."""
+  taps = _taps(config)
+  module = backbones.build(config.model.backbone, taps)
   extract = features.make_extractor(module, taps, config.data.crop, config.model.pool,
                                     config.model.out_dim or None)
-  return module, variables, extract
+  return module, extract
 
 
 def fitted_categories(config, workdir):
@@ -212,26 +254,36 @@ def source_of(bank: patchcore.MemoryBank) -> adapt.Source:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs every (category, seed, shift, severity, fraction, method) of `config`; returns all records."""
   validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=1))
-  records = report.load_records(workdir)
-  done = {report.record_id(r) for r in records}
-  module, variables, extract = build_model(config)
   methods = parse_list(config.adapt.methods)
+  planned = [report.record_id(_record_key(config.data.name, c, sh, sev, m, f, seed))
+             for c in parse_list(config.data.categories) for seed in seeds(config)
+             for sh, sev in shift_list(config) for f in _fractions(config) for m in methods]
+  run = workdir_lib.open_run(workdir, config, planned)
+  if run.complete:
+    print(workdir_lib.summary_line(run, 0), flush=True)
+    return run.records
+  records, done = run.records, run.done
+  module, variables, extract = build_model(config)
   ctx = Context(config, workdir, module, extract, records, done)
+  banks = {"reused": 0, "fitted": 0}
   for category in parse_list(config.data.categories):
+    if all(report.record_id(_record_key(config.data.name, category, sh, sev, m, f, seed)) in done
+           for seed in seeds(config) for sh, sev in shift_list(config)
+           for f in _fractions(config) for m in methods):
+      continue   # resumed: this category needs neither its images nor its bank
     ds = data.load(config.data, category, seed=config.seed)
     timing = {}
     t_fit = time.perf_counter()
     bank, v_source = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
+    banks["reused" if timing.get("restored_bank") else "fitted"] += 1
     source = source_of(bank)   # on the device once per category
     timing["fit_s"] = time.perf_counter() - t_fit
     fractions = _fractions(config)
     for seed in seeds(config):
       for shift, severity in shift_list(config):
         todo = [(f, m) for f in fractions for m in methods
-                if report.record_id(_record_key(ds, shift, severity, m, f, seed)) not in done]
+                if report.record_id(_record_key(ds.name, ds.category, shift, severity, m, f,
+                                                seed)) not in done]
         if not todo:
           continue  # resumed: no corruption to recompute
         # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
@@ -241,11 +293,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                       fraction == fractions[0], method)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
+  print(workdir_lib.summary_line(run, ctx.computed, f"memory banks: {banks['reused']} reused, "
+                                 f"{banks['fitted']} fitted"), flush=True)
   return records
 
 
-def _record_key(ds, shift, severity, method, fraction, seed) -> dict:
-  return {"dataset": ds.name, "category": ds.category, "shift": shift, "severity": severity,
+def _record_key(dataset, category, shift, severity, method, fraction, seed) -> dict:
+  return {"dataset": dataset, "category": category, "shift": shift, "severity": severity,
           "method": method, "variant": None, "adapt_fraction": fraction, "seed": seed}
 
 
@@ -256,6 +310,7 @@ class Context:
     self.config, self.workdir, self.module, self.extract = config, workdir, module, extract
     self.records, self.done = records, done
     self.fns: dict = {}        # method -> tta.Functions, jitted once per run
+    self.computed = 0
     c = config
     self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma, c.scoring.chunk,
                                           c.scoring.reweight)
@@ -286,7 +341,7 @@ class Context:
     adapt_idx, eval_idx = target_split(len(ds.test), fraction, seed)
     test_eval = ds.test.subset(eval_idx)
     masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
-    rec = _record_key(ds, shift, severity, method, fraction, seed)
+    rec = _record_key(ds.name, ds.category, shift, severity, method, fraction, seed)
     t0 = time.perf_counter()
     info = {}
     kept = last = variables
@@ -321,6 +376,7 @@ class Context:
                             test_eval.labels, scores, masks)
     self.records.append(rec)
     self.done.add(report.record_id(rec))
+    self.computed += 1
     report.save_records(workdir, self.records)
     log.info("%s", {k: rec[k] for k in report.RECORD_KEYS})
     print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in report.RECORD_KEYS), flush=True)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import cli
 from rodajax import adapt, features
 
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
@@ -92,8 +93,9 @@ def target_statistics(moments: Callable, variables, images: np.ndarray, batch: i
 def split_holdout(n: int, fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """Seeded `(train_idx, holdout_idx)` of n adaptation images; at least one of each."""
   if n < 2:
-    raise ValueError(f"the safeguard needs at least 2 adaptation images (1 held out), got {n}; "
-                     "raise config.shift.adapt_fraction or set config.adapt.safeguard=False")
+    raise cli.UserError(f"the safeguard needs at least 2 adaptation images (1 held out), got {n}; "
+                        "give more target images (config.shift.adapt_fraction in experiments) "
+                        "or set config.adapt.safeguard=False")
   k = int(np.clip(round(fraction * n), 1, n - 1))
   perm = np.asarray(jax.random.permutation(key, n))
   return np.sort(perm[k:]), np.sort(perm[:k])
@@ -147,7 +149,8 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if method == "none":
     return variables, variables, info
   if len(images) < 1:
-    raise ValueError("the adaptation part is empty; raise config.shift.adapt_fraction")
+    raise cli.UserError("no adaptation images; give target images (config.shift.adapt_fraction "
+                        "in experiments)")
   k_split, k_loop, k_crit = jax.random.split(key, 3)
   guard = bool(cfg_adapt.safeguard)
   if guard:

@@ -4,23 +4,18 @@
 """
 import os
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from experiments import cli
 
-from experiments import uda_train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(ROOT, "configs", "pacs.py"), "Experiment config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder (default runs/<config name>).")
+FLAGS = [cli.Flag("workdir", "output folder (default runs/<config name>)")]
 
 
 def main(argv):
-  del argv
-  logging.set_verbosity(logging.WARNING)
-  name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
-  uda_train.train_and_evaluate(_CONFIG.value, _WORKDIR.value or os.path.join("runs", name))
+  args = cli.parse(argv, __doc__, FLAGS, os.path.join(cli.CONFIGS, "pacs.py"))
+  cli.quiet_logs()
+  from experiments import uda_train
+  name = os.path.splitext(os.path.basename(args.config_file))[0]
+  uda_train.train_and_evaluate(args.config, args.flags["workdir"] or os.path.join("runs", name))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rodajax import backbones, cluster, metrics, report, uda
+from experiments import workdir as workdir_lib
 from experiments.train import ConfigError
 from rodajax.data import domains, images, parse_categories
 from rodajax.features import crop_and_normalise
@@ -186,14 +187,20 @@ def run_one(config, cache, split, method, seed, target):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   index = load_index(config)
   validate(config, index)
-  os.makedirs(workdir, exist_ok=True)
-  report.atomic_write(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
-  records = report.load_records(workdir)
-  done = {tuple(r.get(k) for k in IDENTITY) for r in records}
-  cache = FeatureCache(config, workdir, index)
   classes = _all_classes(config, index)
   jobs = [(t, c, seed, m) for t in _csv(config.data.targets) for c in classes
           for seed in range(config.seed, config.seed + config.seeds) for m in _csv(config.uda.methods)]
+  ident = lambda r: tuple(r.get(k) for k in IDENTITY)
+  planned = [ident({"dataset": config.data.dataset_name, "source": config.data.source,
+                    "target": t, "normal_class": c, "method": m, "seed": seed})
+             for t, c, seed, m in jobs]
+  run = workdir_lib.open_run(workdir, config, planned, ident)
+  if run.complete:
+    print(workdir_lib.summary_line(run, 0), flush=True)
+    return run.records
+  records, done = run.records, run.done
+  cache = FeatureCache(config, workdir, index)
+  computed = 0
   for t, c, seed, m in tqdm(jobs, desc="uda runs"):
     rec = {"dataset": config.data.dataset_name, "source": config.data.source, "target": t,
            "normal_class": c, "method": m, "seed": seed}
@@ -210,7 +217,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     records.append(rec)
     done.add(tuple(rec[k] for k in IDENTITY))
     save(workdir, records)
+    computed += 1
     print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in KEYS), flush=True)
+  print(workdir_lib.summary_line(run, computed), flush=True)
   return records
 
 

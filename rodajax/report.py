@@ -20,13 +20,22 @@ IDENTITY = ("dataset", "category", "shift", "severity", "method", "variant", "ad
             "seed")
 
 
+def file_mode() -> int:
+  """The mode a new file gets from `open()`: 0o666 less the process umask (0644 by default)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  return 0o666 & ~umask
+
+
 def atomic_write(path: str, text: str | bytes) -> None:
+  """Writes `path` whole or not at all (temporary file, then `os.replace`), mode per umask."""
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
   try:
     with os.fdopen(fd, "wb") as f:
       f.write(text.encode() if isinstance(text, str) else text)
+    os.chmod(tmp, file_mode())   # mkstemp creates 0600
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -50,12 +59,32 @@ def record_id(rec: dict) -> tuple:
   return tuple(rec.get(k) for k in IDENTITY)
 
 
+class CorruptResults(ValueError):
+  """results.json exists but is not a JSON list of records."""
+
+
 def load_records(workdir: str) -> list[dict]:
+  """The records of `workdir/results.json` ([] when absent); CorruptResults when unreadable."""
   path = os.path.join(workdir, "results.json")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, "rb") as f:
+      records = json.loads(f.read().decode("utf-8"))
+  except (ValueError, UnicodeDecodeError) as e:
+    raise CorruptResults(f"{path} is not valid JSON ({e})") from e
+  if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+    raise CorruptResults(f"{path} is JSON but not a list of records")
+  return records
+
+
+def set_aside(path: str) -> str:
+  """Renames a damaged file or folder to `<path>.corrupt-<n>` (never overwriting); returns it."""
+  n = 0
+  while os.path.exists(f"{path}.corrupt-{n}"):
+    n += 1
+  os.replace(path, f"{path}.corrupt-{n}")
+  return f"{path}.corrupt-{n}"
 
 
 def save_records(workdir: str, records: Sequence[dict], markdown=None) -> None:

@@ -141,9 +141,10 @@ def test_adaptation_is_deterministic(setup):
 
 def test_too_few_adaptation_images_is_a_clear_error(setup):
   s = setup
-  with pytest.raises(ValueError, match="at least 2 adaptation images"):
+  from experiments.cli import UserError
+  with pytest.raises(UserError, match="at least 2 adaptation images"):
     _run(s, "roda", s["clean_target"][:1])
-  with pytest.raises(ValueError, match="adaptation part is empty"):
+  with pytest.raises(UserError, match="no adaptation images"):
     _run(s, "roda", s["clean_target"][:0])
 
 

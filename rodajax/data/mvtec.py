@@ -88,8 +88,8 @@ def categories(root: str) -> list[str]:
 
 
 def load_mvtec(root: str, category: str, resize: int = 256, name: str = "mvtec",
-               max_train: int | None = None) -> Dataset:
-  """Loads one category of an MVTec AD / MVTec 3D-AD (RGB) folder.
+               max_train: int | None = None, test: bool = True) -> Dataset:
+  """Loads one category of an MVTec AD / MVTec 3D-AD (RGB) folder (`test=False`: train only).
 
   Raises:
     DataError: missing root or category (lists those that exist), empty train
@@ -110,6 +110,12 @@ def load_mvtec(root: str, category: str, resize: int = 256, name: str = "mvtec",
                     f"expected .png/.jpg/.bmp files of normal samples")
   if max_train:
     train_paths = train_paths[:max_train]
+  train = ImageSet(load_many(train_paths, resize), np.zeros(len(train_paths), np.int32), None,
+                   np.ones(len(train_paths), bool), ["good"] * len(train_paths), train_paths)
+  if not test:
+    empty = ImageSet(np.zeros((0, resize, resize, 3), np.uint8), np.zeros(0, np.int32), None,
+                     np.zeros(0, bool), [], [])
+    return Dataset(name, category, train, empty)
   test_dir = os.path.join(cat_dir, "test")
   types = sorted(t for t in os.listdir(test_dir) if os.path.isdir(os.path.join(test_dir, t))) \
       if os.path.isdir(test_dir) else []
@@ -123,8 +129,6 @@ def load_mvtec(root: str, category: str, resize: int = 256, name: str = "mvtec",
       mask_paths.append(None if t == "good" else _mask_path(cat_dir, t, p, layout))
   if not paths:
     raise DataError(f"no test images under {test_dir!r}; expected test/<type>/ folders")
-  train = ImageSet(load_many(train_paths, resize), np.zeros(len(train_paths), np.int32), None,
-                   np.ones(len(train_paths), bool), ["good"] * len(train_paths), train_paths)
   images = load_many(paths, resize)
   any_mask = any(m is not None for m in mask_paths)
   masks = np.zeros((len(paths), resize, resize), bool) if any_mask else None

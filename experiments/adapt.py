@@ -1,0 +1,176 @@
+"""Adapt a fitted model to a drifted line on unlabeled images (RoDA by default).
+
+  python -m experiments.adapt --model DIR --images FOLDER_OR_GLOB --out DIR2 \
+      [--method roda] [--seed 0] [--config.adapt.key=value ...]
+
+Reads every image of FOLDER (subfolders included; no labels needed: mostly
+normal images from the new conditions), runs the adaptation of `config.adapt`
+saved in DIR (one pass of minibatches, BatchNorm statistics mixed with a source
+prior, the label-free safeguard; see experiments/tta.py) and writes DIR2 with
+the adapted BatchNorm parameters and statistics only: the memory bank, the
+threshold and everything else stay those of DIR, which DIR2 names and must
+keep next to it. DIR2/model.json records what was adapted, the safeguard's
+decision and the scores of the adaptation images before and after.
+With --normals FOLDER (known-normal images of the new conditions) the
+threshold and the normalisation are recalibrated on them after adaptation.
+A rerun with the same model, images and settings reuses DIR2.
+"""
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments import cli
+
+FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fit)", required=True),
+         cli.Flag("images", "folder (subfolders included), quoted glob, or file of unlabeled "
+                  "target images", required=True),
+         cli.Flag("out", "the adapted model directory to write", required=True),
+         cli.Flag("method", "adaptation method (roda, or a baseline: bn_stats, moment, kl, "
+                  "hungarian, sinkhorn, discrete)", "roda"),
+         cli.Flag("seed", "seed of the holdout split, minibatch order and views", "0"),
+         cli.Flag("normals", "optional folder of known-normal images from the new conditions: "
+                  "the threshold is recalibrated on them (split-conformal, config.fit.quantile) "
+                  "instead of kept from the fitted model", ""),
+         cli.Flag("overwrite", "replace an adapted model made with other images or settings "
+                  "(true/false)", "false")]
+
+
+def read_images(paths, size, workers=4):
+  """uint8 `[N, size, size, 3]` of `paths` (a DataError names the first unreadable file) and
+  {note: count} of the documented conversions."""
+  from concurrent.futures import ThreadPoolExecutor
+
+  from rodajax import data
+  with ThreadPoolExecutor(workers) as ex:
+    out = list(ex.map(lambda p: data.read_rgb(p, size), paths))
+  notes = {}
+  for _, n in out:
+    for part in filter(None, n.split("; ")):
+      notes[part] = notes.get(part, 0) + 1
+  return np.stack([a for a, _ in out]), notes
+
+
+def notes_line(notes: dict) -> str:
+  return "; ".join(f"{k}: {v}" for k, v in sorted(notes.items()))
+
+
+def main(argv):
+  args = cli.parse(argv, __doc__, FLAGS, None,
+                   overrides_of=(os.path.join(cli.CONFIGS, "base.py"), "adapt."))
+  cli.quiet_logs()
+  import jax
+  from tqdm import tqdm
+
+  from experiments import fit, modeldir, train, tta
+  from rodajax import adapt, calibration, data, patchcore
+
+  out = args.flags["out"]
+  overwrite = fit._bool("overwrite", args.flags["overwrite"])
+  method = args.flags["method"]
+  try:
+    adapt.check_method(method)
+    seed = int(args.flags["seed"])
+  except ValueError as e:
+    raise cli.UserError(f"--method/--seed: {e}") from None
+  if method == "none":
+    raise cli.UserError("--method=none adapts nothing; predict with the fitted model directly")
+  model = modeldir.load(args.flags["model"])
+  if model.manifest["kind"] != "source":
+    raise cli.UserError(f"{args.flags['model']!r} is already an adapted model; adapt its base "
+                        f"{model.manifest['base']!r} instead")
+  config = model.config
+  cli.apply_overrides(config, args.overrides)
+  train.validate(config)
+  paths, _ = data.expand(args.flags["images"])
+  normals = data.expand(args.flags["normals"])[0] if args.flags["normals"] else []
+  request = {"base_content_sha256": model.content, "method": method, "seed": seed,
+             "normals": [os.path.abspath(p) for p in normals],
+             "adapt": config.adapt.to_dict(),
+             "images_sha256": hashlib.sha256("\n".join(map(os.path.abspath, paths))
+                                             .encode()).hexdigest()}
+  if os.path.exists(out):
+    if modeldir.is_model(out):
+      old = modeldir.read_manifest(out)
+      if old.get("adapted", {}).get("request") == request:
+        print(f"adapted model: {out} was already made from these images and settings; reused, "
+              "nothing recomputed", flush=True)
+        return
+      if not overwrite:
+        raise cli.UserError(f"{out!r} holds a model adapted with other images or settings; pass "
+                            "another --out, or --overwrite=true (the old one is moved aside)")
+    elif not os.path.isdir(out) or os.listdir(out):
+      raise cli.UserError(f"{out!r} exists and is not a model directory; pass a new --out")
+    else:
+      os.rmdir(out)
+
+  t0 = time.perf_counter()
+  images, notes = read_images(paths, config.data.resize)
+  if notes:
+    cli.warn(f"converted while reading {len(paths)} images: {notes_line(notes)}")
+  module, extract = train.build_extractor(config)
+  source = train.source_of(model.bank)
+  fns = tta.build(method, config.adapt, module, extract, model.variables["params"],
+                  config.data.crop)
+  kept, last, info = tta.run(method, fns, config.adapt, model.variables, source, images,
+                             jax.random.key(seed), progress=tqdm)
+  predict = patchcore.make_predict(extract, config.data.crop, config.scoring.sigma,
+                                   config.scoring.chunk, config.scoring.reweight)
+
+  def score(v):
+    return patchcore.predict(predict, v, images, source.bank, config.batch_size)[0]
+  before = score(model.variables)
+  after = before if kept is model.variables else score(kept)
+  thr = model.threshold
+  scores = {"threshold": thr,
+            "median_before": float(np.median(before)), "median_after": float(np.median(after)),
+            "share_above_threshold_before": float(np.mean(before > thr)),
+            "share_above_threshold_after": float(np.mean(after > thr))}
+  if not np.all(np.isfinite(after)):
+    raise cli.UserError("the adapted model gives NaN/inf scores on the adaptation images "
+                        f"(diverged); adapt again with a lower --config.adapt.lr (now "
+                        f"{config.adapt.lr})")
+  threshold = None
+  if normals:
+    normal_images, _ = read_images(normals, config.data.resize)
+    ns = patchcore.predict(predict, kept, normal_images, source.bank, config.batch_size)[0]
+    threshold = calibration.conformal_threshold(ns, config.fit.quantile)
+    threshold["rule"] = (f"recalibrated after adaptation: split-conformal quantile "
+                         f"{config.fit.quantile} of {len(normals)} normal images of "
+                         f"{args.flags['normals']}")
+    threshold["median"] = float(np.median(ns))
+    scores["share_above_new_threshold_after"] = float(np.mean(after > threshold["value"]))
+  guard = info.get("safeguard", {})
+  adapted = {"request": request, "method": method, "images": os.path.abspath(
+      args.flags["images"]), "n_images": len(paths), "conversions": notes,
+      "bn_mode": info.get("bn_stats_used"), "steps": info.get("steps"),
+      "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
+      "safeguard": {k: guard.get(k) for k in ("criterion", "margin", "source", "kept", "adapted")}
+      if guard else None,
+      "warning": info.get("warning"), "error": info.get("error"), "scores": scores,
+      "seconds": time.perf_counter() - t0}
+  # The config as adapted (with the --config.adapt overrides).
+  modeldir.save_adapted(out, model, kept, adapted, json.loads(config.to_json_best_effort()),
+                        threshold)
+  thr = threshold["value"] if threshold else thr
+  if scores["median_after"] > thr and not threshold:
+    cli.warn(f"more than half of the adaptation images still score above the threshold "
+             f"({scores['share_above_threshold_after']:.0%}): the drift is larger than what "
+             "adaptation compensated, or many of these images are anomalous; give normal "
+             "images of the new conditions with --normals to recalibrate the threshold")
+  if guard:
+    decision = (f"the safeguard kept {guard['kept']} (held-out {guard['criterion']} cost "
+                f"{guard['source']:.4g} -> {min(guard['candidates']):.4g})" if guard["adapted"]
+                else f"the safeguard kept the source model (no candidate beat its held-out "
+                f"{guard['criterion']} cost {guard['source']:.4g} by {guard['margin']:.0%})")
+  else:
+    decision = f"{info.get('steps', 0)} steps, no safeguard"
+  print(f"adapted model: {out} ({method} on {len(paths)} images; {decision}; median score "
+        f"{scores['median_before']:.4g} -> {scores['median_after']:.4g}, threshold {thr:.4g}; "
+        f"{time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)
