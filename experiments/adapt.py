@@ -59,7 +59,7 @@ def notes_line(notes: dict) -> str:
 
 def main(argv):
   args = cli.parse(argv, __doc__, FLAGS, None,
-                   overrides_of=(os.path.join(cli.CONFIGS, "base.py"), "adapt."))
+                   overrides_of=(os.path.join(cli.CONFIGS, "elpv.py"), "adapt."))
   cli.quiet_logs()
   import jax
   from tqdm import tqdm

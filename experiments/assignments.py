@@ -74,6 +74,9 @@ def main(argv):
   import json
   report.atomic_write(os.path.join(workdir, "assignments.json"), json.dumps(records, indent=1))
   report.atomic_write(os.path.join(workdir, "assignments.md"), report.markdown_table(records, KEYS))
+  print(f"results: {os.path.join(workdir, 'assignments.json')} and "
+        f"{os.path.join(workdir, 'assignments.md')} ({len(records)} records, all computed in "
+        "this run)", flush=True)
 
 
 if __name__ == "__main__":

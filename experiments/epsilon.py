@@ -81,6 +81,9 @@ def main(argv):
   md = report.markdown_table(summary, KEYS)
   report.atomic_write(os.path.join(workdir, "epsilon.md"), md)
   print(md)
+  print(f"results: {os.path.join(workdir, 'epsilon.json')} and "
+        f"{os.path.join(workdir, 'epsilon.md')} ({len(rows)} rows, all computed in this run)",
+        flush=True)
 
 
 if __name__ == "__main__":

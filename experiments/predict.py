@@ -196,9 +196,13 @@ def main(argv):
   try:
     with ThreadPoolExecutor(4) as readers, ThreadPoolExecutor(2) as writers, \
         tqdm(total=len(todo), desc="predict", unit="img") as bar:
-      pending = readers.map(lambda ch: [read(p) for p in ch], chunks)   # reads ahead
+      # Reads ahead by at most two batches (Executor.map would queue every image at once).
+      ahead = [[readers.submit(read, p) for p in ch] for ch in chunks[:2]]
       written = []
-      for chunk, loaded in zip(chunks, pending):
+      for i, chunk in enumerate(chunks):
+        if i + 2 < len(chunks):
+          ahead.append([readers.submit(read, p) for p in chunks[i + 2]])
+        loaded = [f.result() for f in ahead.pop(0)]
         ok = [(p, r) for p, r in zip(chunk, loaded) if not isinstance(r, Exception)]
         errors += [(p, str(r)) for p, r in zip(chunk, loaded) if isinstance(r, Exception)]
         if ok:

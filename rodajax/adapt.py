@@ -276,7 +276,7 @@ def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Se
   """
   zs, bs, _, pot = transport_problem(z, source.bank, key, settings)
   row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g, chunk=settings.chunk)
-  nn, _ = scoring.nearest_neighbours(z, source.bank, chunk=settings.chunk)
+  nn = scoring.nearest_distances(z, source.bank, chunk=settings.chunk)
   return {"transport": transport.discrete_loss(zs, bs, row, col), "nn": jnp.mean(nn)}
 
 

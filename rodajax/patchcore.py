@@ -74,9 +74,12 @@ def make_scorer(crop: int, sigma: float = 4.0, chunk: int = 2048, reweight: int 
   """`f(features [B, h, w, D], bank [k, D]) -> (image_scores [B], maps [B, crop, crop])`, jit-able."""
 
   def score(features, bank):
-    s, idx = scoring.patch_scores(features, bank, chunk=chunk)
-    img = (scoring.reweighted_image_scores(features, s, idx, bank, reweight) if reweight
-           else scoring.image_scores(s))
+    if reweight:    # Eq. 7 needs each patch's nearest bank entry
+      s, idx = scoring.patch_scores(features, bank, chunk=chunk)
+      img = scoring.reweighted_image_scores(features, s, idx, bank, reweight)
+    else:
+      s = scoring.patch_distances(features, bank, chunk=chunk)
+      img = scoring.image_scores(s)
     return img, scoring.anomaly_maps(s, crop, sigma)
   return score
 

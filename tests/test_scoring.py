@@ -44,3 +44,16 @@ def test_reweighting_matches_hand_computation():
   # worst patch (0,2) -> m* = (0,0), N_2(m*) = {(0,0), (1,0)}
   d_star, d_nb = 2.0, np.array([2.0, np.sqrt(5.0)])
   assert got == pytest.approx((1 - np.exp(d_star) / np.exp(d_nb).sum()) * d_star, rel=1e-5)
+
+
+def test_nearest_distances_match_the_indexed_search_and_brute_force():
+  rng = np.random.default_rng(3)
+  q, m = rng.normal(size=(300, 24)).astype(np.float32), rng.normal(size=(500, 24)).astype(np.float32)
+  brute = np.sqrt(((q[:, None].astype(np.float64) - m[None]) ** 2).sum(-1)).min(1)
+  fast = np.asarray(scoring.nearest_distances(jnp.asarray(q), jnp.asarray(m), chunk=128))
+  slow = np.asarray(scoring.nearest_neighbours(jnp.asarray(q), jnp.asarray(m), chunk=128)[0])
+  np.testing.assert_allclose(fast, brute, rtol=1e-4)
+  np.testing.assert_allclose(fast, slow, rtol=1e-5)
+  feats = jnp.asarray(rng.normal(size=(2, 5, 5, 24)).astype(np.float32))
+  np.testing.assert_allclose(scoring.patch_distances(feats, jnp.asarray(m)),
+                             scoring.patch_scores(feats, jnp.asarray(m))[0], rtol=1e-5)

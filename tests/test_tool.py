@@ -169,22 +169,45 @@ def test_adapt_then_predict_equals_the_experiments_roda_record(widget, tmp_path,
   assert m["adapted"]["safeguard"]["kept"] == by["roda"]["safeguard"]["kept"]
 
 
-def test_fit_predict_equals_the_experiment_on_elpv(tmp_path, capsys):
+def test_fit_adapt_predict_equals_the_experiment_on_elpv(tmp_path, capsys):
   extra = {"data.categories": "mono", "data.max_train": 16, "data.max_test_normal": 10,
-           "data.max_test_anomalous": 10, "shift.corruptions": "clean", "adapt.methods": "none",
-           "shift.adapt_fraction": 0.2}
-  line, model = tmp_path / "line", tmp_path / "model"
+           "data.max_test_anomalous": 10, "shift.corruptions": "brightness",
+           "shift.severities": "3", "adapt.methods": "none,roda", "shift.adapt_fraction": 0.2}
+  line, model, adapted = tmp_path / "line", tmp_path / "model", tmp_path / "adapted"
   assert run(shift_folder, ["--config", ELPV, *flags(extra), "--out", line, "--shift",
-                            "clean"], capsys)[0] == 0
+                            "brightness", "--severity", 3], capsys)[0] == 0
   code, _, err = run(fit, ["--config", ELPV, *flags(extra), "--model", model], capsys)
   assert code == 0, err
-  code, _, err = run(predict, ["--model", model, "--images", line / "test", "--out",
-                               tmp_path / "p", "--labels", line / "labels.csv"], capsys)
+  code, _, err = run(adapt_cmd, ["--model", model, "--images", line / "adapt", "--out",
+                                 adapted], capsys)
   assert code == 0, err
-  summary = json.load(open(tmp_path / "p" / "summary.json"))
-  rec = train.train_and_evaluate(config_of(elpv_config, extra), str(tmp_path / "work"))[0]
-  assert summary["n_scored"] == rec["n_test"] == 16
-  assert summary["evaluation"]["image_auroc"] == rec["image_auroc"]
+  got = {}
+  for name, d in (("none", model), ("roda", adapted)):
+    code, _, err = run(predict, ["--model", d, "--images", line / "test", "--out",
+                                 tmp_path / name, "--labels", line / "labels.csv"], capsys)
+    assert code == 0, err
+    got[name] = json.load(open(tmp_path / name / "summary.json"))
+  recs = train.train_and_evaluate(config_of(elpv_config, extra), str(tmp_path / "work"))
+  by = {r["method"]: r for r in recs}
+  for name in ("none", "roda"):
+    assert got[name]["n_scored"] == by[name]["n_test"] == 16
+    assert got[name]["evaluation"]["image_auroc"] == by[name]["image_auroc"]
+
+
+def test_predict_refuses_a_model_that_gives_nan(widget, tmp_path, capsys):
+  from experiments import modeldir
+  from rodajax import adapt
+  model = tmp_path / "model"
+  assert run(fit, ["--config", MVTEC, *flags({"data.root": widget, "data.categories": "widget"}),
+                   "--model", model], capsys)[0] == 0
+  m = modeldir.load(str(model))
+  bn = {k: np.full_like(v, np.nan) for k, v in adapt.split_bn(m.variables["params"])[0].items()}
+  broken = {"params": adapt.with_bn(m.variables["params"], bn),
+            "batch_stats": m.variables["batch_stats"]}
+  modeldir.save_adapted(str(tmp_path / "broken"), m, broken, {"method": "test"})
+  code, _, err = run(predict, ["--model", tmp_path / "broken", "--images", widget, "--out",
+                               tmp_path / "p"], capsys)
+  assert code == 2 and "NaN/inf scores" in err and "Traceback" not in err
 
 
 def test_adapt_recalibrates_the_threshold_on_given_normals(widget, tmp_path, capsys):

@@ -316,8 +316,10 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if magic[:2] == b"PK":
       return _unwrap(_load_zip(path), path)
     return _unwrap(_load_legacy(path), path)
-  except CheckpointError:
-    raise
+  except CheckpointError as e:
+    if path in str(e):
+      raise
+    raise CheckpointError(f"{path}: {e}") from e
   except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, struct.error,
           ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
     raise CheckpointError(f"{path}: corrupt or not a PyTorch checkpoint ({type(e).__name__}: {e})") from e
