@@ -186,7 +186,7 @@ def meanings(config_file: str) -> dict[str, str]:
   return out
 
 
-def help_text(prog: str, doc: str, flags: Sequence[Flag], config=None, config_file=None) -> str:
+def help_text(doc: str, flags: Sequence[Flag], config=None, config_file=None) -> str:
   lines = [doc.strip(), "", "flags:"]
   for f in flags:
     default = " (required)" if f.required else (f" (default {f.default})"
@@ -221,7 +221,6 @@ def parse(argv: Sequence[str], doc: str, flags: Sequence[Flag],
   overrides: dict[str, str] = {}
   config_spec = default_config or None
   want_help = False
-  prog = "python -m " + os.path.splitext(os.path.basename(sys.argv[0]))[0]
   i, argv = 0, list(argv)
   while i < len(argv):
     a = argv[i]
@@ -262,7 +261,7 @@ def parse(argv: Sequence[str], doc: str, flags: Sequence[Flag],
       full = load_config(config_file)
       config = ml_collections.ConfigDict(
           {k: v for k, v in full.items() if overrides_of[1].startswith(k + ".")})
-    print(help_text(prog, doc, flags, config, config_file))
+    print(help_text(doc, flags, config, config_file))
     raise SystemExit(0)
   missing = [f.name for f in flags if f.required and not values[f.name]]
   if missing:

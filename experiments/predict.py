@@ -24,6 +24,7 @@ resumes where it stopped). A rerun with the same model and images reuses OUT.
 """
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -220,8 +221,8 @@ def main(argv):
                                 "--config.adapt.lr")
           norm = calibration.normalise(scores, med, thr)
           crops = data.centre_crop(x[:m], c.data.crop)
-          for w in written:
-            w.result()      # at most two batches of maps in flight: flat memory
+          for f in written:
+            f.result()      # at most two batches of maps in flight: flat memory
           written = []
           for j, (p, (_, note)) in enumerate(ok):
             name = map_name(p, root) if maps_mode != "none" else ""
@@ -237,18 +238,17 @@ def main(argv):
             writer.writerow(rows[p])
           part.flush()
         bar.update(len(chunk))
-      for w in written:
-        w.result()
+      for f in written:
+        f.result()
   finally:
     part.close()
   seconds = time.perf_counter() - t0
 
   body = [rows[p] for p in paths if p in rows]
-  import io
   buf = io.StringIO()
-  w = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
-  w.writeheader()
-  w.writerows(body)
+  table = csv.DictWriter(buf, COLUMNS, lineterminator="\n")
+  table.writeheader()
+  table.writerows(body)
   report.atomic_write(pred_path, buf.getvalue())
   err_path = os.path.join(out, "errors.csv")
   if errors:
