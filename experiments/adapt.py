@@ -65,7 +65,7 @@ def main(argv):
   from tqdm import tqdm
 
   from experiments import fit, modeldir, train, tta
-  from rodajax import adapt, calibration, data, patchcore
+  from rodajax import adapt, calibration, data, patchcore, report
 
   out = args.flags["out"]
   overwrite = fit._bool("overwrite", args.flags["overwrite"])
@@ -93,12 +93,16 @@ def main(argv):
                                              .encode()).hexdigest()}
   if os.path.exists(out):
     if modeldir.is_model(out):
-      old = modeldir.read_manifest(out)
+      try:
+        old = modeldir.read_manifest(out)
+      except cli.UserError as e:   # damaged: set aside, adapt again
+        old = {"damaged": report.set_aside(out)}
+        cli.warn(f"{e}; moved it to {old['damaged']} and adapting again")
       if old.get("adapted", {}).get("request") == request:
         print(f"adapted model: {out} was already made from these images and settings; reused, "
               "nothing recomputed", flush=True)
         return
-      if not overwrite:
+      if not overwrite and "damaged" not in old:
         raise cli.UserError(f"{out!r} holds a model adapted with other images or settings; pass "
                             "another --out, or --overwrite=true (the old one is moved aside)")
     elif not os.path.isdir(out) or os.listdir(out):

@@ -193,7 +193,7 @@ def main(argv):
       "fit": {**cal, "seconds": time.perf_counter() - t0, **timing},
       "config": json.loads(c.to_json_best_effort())})
   if os.path.exists(out):
-    aside = report.set_aside(out)
+    aside = report.set_aside(out, "previous")
     cli.warn(f"the previous model in {out} was moved to {aside}")
   modeldir.save_source(out, manifest, bank, variables)
   note = f" ({thr['note']})" if thr.get("note") else ""

@@ -103,7 +103,7 @@ def _write(final: str, manifest: dict, tree: dict) -> None:
     ckpt.wait_until_finished()
     report.atomic_write(os.path.join(tmp, "model.json"), json.dumps(manifest, indent=1))
     if os.path.exists(final):
-      report.set_aside(final)     # callers decide before this whether `final` may go
+      report.set_aside(final, "previous")   # callers decide before this whether it may go
     os.replace(tmp, final)
   finally:
     if os.path.exists(tmp):

@@ -78,13 +78,13 @@ def load_records(workdir: str) -> list[dict]:
   return records
 
 
-def set_aside(path: str) -> str:
-  """Renames a damaged file or folder to `<path>.corrupt-<n>` (never overwriting); returns it."""
+def set_aside(path: str, why: str = "corrupt") -> str:
+  """Renames a file or folder to `<path>.<why>-<n>` (never overwriting); returns the new name."""
   n = 0
-  while os.path.exists(f"{path}.corrupt-{n}"):
+  while os.path.exists(f"{path}.{why}-{n}"):
     n += 1
-  os.replace(path, f"{path}.corrupt-{n}")
-  return f"{path}.corrupt-{n}"
+  os.replace(path, f"{path}.{why}-{n}")
+  return f"{path}.{why}-{n}"
 
 
 def save_records(workdir: str, records: Sequence[dict], markdown=None) -> None:

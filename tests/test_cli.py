@@ -283,3 +283,25 @@ def test_every_command_uses_the_one_error_path():
   for module in COMMANDS:
     src = open(module.__file__).read()
     assert "cli.run(main)" in src and "app.run" not in src, module.__name__
+
+
+def test_fit_sets_a_damaged_model_aside_and_fits_again(model, widget, tmp_path, capsys):
+  import shutil
+  d = tmp_path / "model"
+  shutil.copytree(model, d)
+  (d / "model.json").write_text("{ truncated")
+  argv = ["--config", MVTEC, *flags({"data.root": widget, "data.categories": "widget"}),
+          "--model", d]
+  code, out, err = run(fit, argv, capsys)
+  assert code == 0, err
+  assert "damaged" in err and "model.corrupt-0" in err
+  assert (tmp_path / "model.corrupt-0" / "model.json").read_text() == "{ truncated"
+  assert json.load(open(d / "model.json"))["content_sha256"] == \
+      json.load(open(model / "model.json"))["content_sha256"]     # deterministic refit
+  # Another config into the same directory: refused unless --overwrite, which keeps the old.
+  code, _, err = run(fit, argv + ["--config.fit.quantile=0.9"], capsys)
+  assert_user_error(code, err, "another config", "--overwrite=true")
+  code, _, err = run(fit, argv + ["--config.fit.quantile=0.9", "--overwrite=true"], capsys)
+  assert code == 0, err
+  assert (tmp_path / "model.previous-0" / "model.json").exists()
+  assert json.load(open(d / "model.json"))["threshold"]["quantile"] == 0.9
