@@ -64,11 +64,11 @@ def main(argv):
   import jax
   from tqdm import tqdm
 
-  from experiments import fit, modeldir, train, tta
+  from experiments import modeldir, train, tta
   from rodajax import adapt, calibration, data, patchcore, report
 
   out = args.flags["out"]
-  overwrite = fit._bool("overwrite", args.flags["overwrite"])
+  overwrite = cli.parse_bool("overwrite", args.flags["overwrite"])
   method = args.flags["method"]
   try:
     adapt.check_method(method)

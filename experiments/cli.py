@@ -303,6 +303,23 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
     raise SystemExit(EXIT_USER) from None
 
 
+def writable_folder(path: str, what: str, fix: str) -> None:
+  """Creates folder `path` if needed; a UserError naming `what` and `fix` when it cannot be written."""
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create {what} {path!r} ({e.strerror}); {fix}") from None
+  if not os.access(path, os.W_OK):
+    raise UserError(f"{what} {path!r} is read-only; {fix}")
+
+
+def parse_bool(name: str, value) -> bool:
+  """A command's true/false flag."""
+  if str(value).lower() not in _TRUE | _FALSE:
+    raise UserError(f"--{name}={value!r}: expects true or false")
+  return str(value).lower() in _TRUE
+
+
 def quiet_logs() -> None:
   """Orbax and absl log every checkpoint step at INFO; commands show warnings only."""
   import logging

@@ -33,15 +33,9 @@ FLAGS = [cli.Flag("model", "the model directory to write", required=True),
          cli.Flag("overwrite", "replace a model fitted with another config (true/false)", "false")]
 
 
-def _bool(name, value) -> bool:
-  if str(value).lower() not in ("true", "false", "1", "0"):
-    raise cli.UserError(f"--{name}={value!r}: expects true or false")
-  return str(value).lower() in ("true", "1")
-
-
 def fit_fingerprint(config, category) -> str:
   from experiments import train
-  keys = {"bank": train._fingerprint(config, category), "fit": config.fit.to_dict(),
+  keys = {"bank": train.bank_fingerprint(config, category), "fit": config.fit.to_dict(),
           "scoring": config.scoring.to_dict()}
   return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -120,7 +114,7 @@ def main(argv):
   from rodajax import calibration, data, patchcore, report
 
   config, out = args.config, args.flags["model"]
-  overwrite = _bool("overwrite", args.flags["overwrite"])
+  overwrite = cli.parse_bool("overwrite", args.flags["overwrite"])
   category = validate_fit(config)
   fp = fit_fingerprint(config, category)
   if os.path.exists(out):

@@ -86,13 +86,7 @@ def is_model(path: str) -> bool:
 def _write(final: str, manifest: dict, tree: dict) -> None:
   """Writes manifest + checkpoint beside `final`, then renames it into place."""
   parent = os.path.dirname(os.path.abspath(final)) or "."
-  try:
-    os.makedirs(parent, exist_ok=True)
-  except OSError as e:
-    raise cli.UserError(f"cannot create {parent!r} ({e.strerror}); choose another "
-                        "output folder") from None
-  if not os.access(parent, os.W_OK):
-    raise cli.UserError(f"cannot write into {parent!r} (read-only); choose another output folder")
+  cli.writable_folder(parent, "the folder", "choose another output folder")
   tmp = os.path.join(parent, f".{os.path.basename(os.path.abspath(final))}.partial-{os.getpid()}")
   if os.path.exists(tmp):
     shutil.rmtree(tmp)

@@ -156,13 +156,7 @@ def main(argv):
       print(f"predictions: {pred_path} already holds these {len(paths)} images scored by this "
             f"model; reused, nothing recomputed (summary: {summary_path})", flush=True)
       return
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as e:
-    raise cli.UserError(f"cannot create --out {out!r} ({e.strerror}); choose a writable "
-                        "folder") from None
-  if not os.access(out, os.W_OK):
-    raise cli.UserError(f"--out {out!r} is read-only; choose a writable folder")
+  cli.writable_folder(out, "--out", "choose a writable folder")
   maps_dir = os.path.join(out, "maps")
   if maps_mode != "none":
     os.makedirs(maps_dir, exist_ok=True)

@@ -99,7 +99,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "> 0 (e.g. 0.2)")
 
 
-def _fingerprint(config, category: str) -> str:
+def bank_fingerprint(config, category: str) -> str:
+  """What the memory bank of `category` depends on (data, model, coreset, seed), hashed."""
   keys = {"data": {k: config.data[k] for k in ("name", "root", "resize", "crop", "max_train",
                                                "train_fraction", "anomaly_threshold")},
           "model": config.model.to_dict(), "coreset": config.coreset.to_dict(),
@@ -143,7 +144,7 @@ def fit_bank(config, feats: np.ndarray, desc: str = "") -> patchcore.MemoryBank:
 def bank_path(config, workdir, ds) -> str:
   folder = config.get("bank_dir", "") or os.path.join(workdir, "banks")
   return os.path.abspath(os.path.join(folder, f"{ds.name}_{ds.category}_"
-                                      f"{_fingerprint(config, ds.category)}"))
+                                      f"{bank_fingerprint(config, ds.category)}"))
 
 
 def fit_or_restore(config, workdir, ds, module, variables, extract, timing, feats=None):

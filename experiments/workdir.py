@@ -50,15 +50,9 @@ def open_run(workdir: str, config, planned: Iterable[tuple],
   reused = len(planned & done)
   complete = bool(planned) and planned <= done
   if not complete:
-    try:
-      os.makedirs(workdir, exist_ok=True)
-    except OSError as e:
-      raise cli.UserError(f"cannot create the workdir {workdir!r} ({e.strerror}); pass a "
-                          "writable --workdir") from None
-    if not os.access(workdir, os.W_OK):
-      raise cli.UserError(f"workdir {workdir!r} is read-only and {len(planned - done)} of "
-                          f"{len(planned)} records are still to compute; make it writable or "
-                          "pass another --workdir")
+    cli.writable_folder(workdir, "the workdir", f"{len(planned - done)} of {len(planned)} "
+                        "records are still to compute: make it writable or pass another "
+                        "--workdir")
     text = config.to_json_best_effort(indent=1)
     path = os.path.join(workdir, "config.json")
     old = open(path).read() if os.path.isfile(path) else None
