@@ -289,6 +289,8 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
   argv = list(sys.argv[1:] if argv is None else argv)
   try:
     main(argv)
+  except SystemExit:
+    raise   # --help and deliberate exits; and user_errors() below would import JAX
   except KeyboardInterrupt:
     print("\ninterrupted; what was written is kept, and a rerun resumes", file=sys.stderr)
     raise SystemExit(130) from None
@@ -318,6 +320,11 @@ def parse_bool(name: str, value) -> bool:
   if str(value).lower() not in _TRUE | _FALSE:
     raise UserError(f"--{name}={value!r}: expects true or false")
   return str(value).lower() in _TRUE
+
+
+def notes_line(notes: dict) -> str:
+  """'conversion: count; ...' of `rodajax.data.tally_notes`, sorted."""
+  return "; ".join(f"{k}: {v}" for k, v in sorted(notes.items()))
 
 
 def quiet_logs() -> None:

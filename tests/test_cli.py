@@ -110,6 +110,11 @@ def test_help_needs_no_jax_and_works_as_a_process():
   out = subprocess.run([sys.executable, "-m", "experiments.fit", "--help"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and "fit.calibration_fraction" in out.stdout
+  code = ("import sys\nfrom experiments import cli, fit\ntry:\n  cli.run(fit.main, ['--help'])\n"
+          "except SystemExit as e:\n  assert e.code == 0\nprint('jax' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+  assert out.stdout.strip().splitlines()[-1] == "False", out.stderr[-2000:]
 
 
 def test_tool_mistakes_are_one_line_and_exit_2(model, widget, tmp_path, capsys):
