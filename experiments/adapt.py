@@ -38,25 +38,6 @@ FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fi
                   "(true/false)", "false")]
 
 
-def read_images(paths, size, workers=4):
-  """uint8 `[N, size, size, 3]` of `paths` (a DataError names the first unreadable file) and
-  {note: count} of the documented conversions."""
-  from concurrent.futures import ThreadPoolExecutor
-
-  from rodajax import data
-  with ThreadPoolExecutor(workers) as ex:
-    out = list(ex.map(lambda p: data.read_rgb(p, size), paths))
-  notes = {}
-  for _, n in out:
-    for part in filter(None, n.split("; ")):
-      notes[part] = notes.get(part, 0) + 1
-  return np.stack([a for a, _ in out]), notes
-
-
-def notes_line(notes: dict) -> str:
-  return "; ".join(f"{k}: {v}" for k, v in sorted(notes.items()))
-
-
 def main(argv):
   args = cli.parse(argv, __doc__, FLAGS, None,
                    overrides_of=(os.path.join(cli.CONFIGS, "elpv.py"), "adapt."))
@@ -111,9 +92,10 @@ def main(argv):
       os.rmdir(out)
 
   t0 = time.perf_counter()
-  images, notes = read_images(paths, config.data.resize)
+  images, notes = data.read_many(paths, config.data.resize)
+  notes = data.tally_notes(notes)
   if notes:
-    cli.warn(f"converted while reading {len(paths)} images: {notes_line(notes)}")
+    cli.warn(f"converted while reading {len(paths)} images: {cli.notes_line(notes)}")
   module, extract = train.build_extractor(config)
   source = train.source_of(model.bank)
   fns = tta.build(method, config.adapt, module, extract, model.variables["params"],
@@ -138,7 +120,7 @@ def main(argv):
                         f"{config.adapt.lr})")
   threshold = None
   if normals:
-    normal_images, _ = read_images(normals, config.data.resize)
+    normal_images = data.load_many(normals, config.data.resize)
     ns = patchcore.predict(predict, kept, normal_images, source.bank, config.batch_size)[0]
     threshold = calibration.conformal_threshold(ns, config.fit.quantile)
     threshold["rule"] = (f"recalibrated after adaptation: split-conformal quantile "

@@ -174,7 +174,7 @@ def main(argv):
   bank = jax.numpy.asarray(model.bank.bank)
   thr, med = model.threshold, model.median
   lut = _colormap()
-  errors, notes = [], {}
+  errors, notes = [], []
   new_file = not os.path.isfile(os.path.join(out, PARTIAL)) or not rows
   part = open(os.path.join(out, PARTIAL), "w" if new_file else "a", newline="")
   os.chmod(part.name, report.file_mode())
@@ -224,8 +224,7 @@ def main(argv):
               written.append(writers.submit(write_maps, maps_dir, name, crops[j],
                                             calibration.normalise(maps[j], med, thr), lut,
                                             maps_mode == "both"))
-            for n in filter(None, note.split("; ")):
-              notes[n] = notes.get(n, 0) + 1
+            notes.append(note)
             rows[p] = {"path": p, "score": f"{scores[j]:.9g}", "normalized_score":
                        f"{norm[j]:.6g}", "anomalous": str(int(scores[j] > thr)),
                        "map": os.path.join("maps", name) if name else "", "note": note}
@@ -256,6 +255,7 @@ def main(argv):
   if not body:
     raise cli.UserError(f"none of the {len(paths)} images could be read (first: {errors[0][0]}: "
                         f"{errors[0][1]}); all are listed in {err_path}")
+  notes = data.tally_notes(notes)
   n_anom = sum(r["anomalous"] == "1" for r in body)
   evaluation = evaluate(body, root, args.flags["labels"]) if args.flags["labels"] else None
   summary = {"model": os.path.abspath(args.flags["model"]), "model_kind": model.manifest["kind"],
@@ -272,7 +272,7 @@ def main(argv):
     if os.path.exists(os.path.join(out, f)):
       os.remove(os.path.join(out, f))
   if notes:
-    cli.warn("converted while reading: " + "; ".join(f"{k}: {v}" for k, v in sorted(notes.items())))
+    cli.warn(f"converted while reading: {cli.notes_line(notes)}")
   if errors:
     cli.warn(f"{len(errors)} of {len(paths)} images could not be read (first: {errors[0][0]}: "
              f"{errors[0][1]}); they are listed in {err_path}")

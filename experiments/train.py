@@ -256,10 +256,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   """Runs every (category, seed, shift, severity, fraction, method) of `config`; returns all records."""
   validate(config)
   methods = parse_list(config.adapt.methods)
-  planned = [report.record_id(_record_key(config.data.name, c, sh, sev, m, f, seed))
-             for c in parse_list(config.data.categories) for seed in seeds(config)
-             for sh, sev in shift_list(config) for f in _fractions(config) for m in methods]
-  run = workdir_lib.open_run(workdir, config, planned)
+  planned = {c: {report.record_id(_record_key(config.data.name, c, sh, sev, m, f, seed))
+                 for seed in seeds(config) for sh, sev in shift_list(config)
+                 for f in _fractions(config) for m in methods}
+             for c in parse_list(config.data.categories)}
+  run = workdir_lib.open_run(workdir, config, set().union(*planned.values()))
   if run.complete:
     print(workdir_lib.summary_line(run, 0), flush=True)
     return run.records
@@ -268,9 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   ctx = Context(config, workdir, module, extract, records, done)
   banks = {"reused": 0, "fitted": 0}
   for category in parse_list(config.data.categories):
-    if all(report.record_id(_record_key(config.data.name, category, sh, sev, m, f, seed)) in done
-           for seed in seeds(config) for sh, sev in shift_list(config)
-           for f in _fractions(config) for m in methods):
+    if planned[category] <= done:
       continue   # resumed: this category needs neither its images nor its bank
     ds = data.load(config.data, category, seed=config.seed)
     timing = {}

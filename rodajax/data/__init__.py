@@ -1,7 +1,7 @@
 """Datasets: MVTec AD / MVTec 3D-AD (RGB) folder layouts, ELPV (embedded), splits."""
 from rodajax.data.elpv import CELL_TYPES, load_elpv
 from rodajax.data.images import (DataError, centre_crop, expand, list_images, load_many, load_rgb,
-                                 read_rgb)
+                                 read_many, read_rgb, tally_notes)
 from rodajax.data.mvtec import (Dataset, ImageSet, categories, load_mvtec,
                                 parse_categories)
 

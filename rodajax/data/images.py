@@ -181,12 +181,27 @@ def image_size_of(path: str) -> tuple[int, int]:
     raise DataError(f"cannot read image {path!r} ({e}); remove or replace the file") from e
 
 
-def load_many(paths: Sequence[str], size: int, workers: int = 4) -> np.ndarray:
-  """Images as uint8 `[N, size, size, 3]`, read in a thread pool."""
+def read_many(paths: Sequence[str], size: int, workers: int = 4) -> tuple[np.ndarray, list[str]]:
+  """Images as uint8 `[N, size, size, 3]` and each one's `read_rgb` note, read in a thread pool."""
   if not paths:
-    return np.zeros((0, size, size, 3), np.uint8)
+    return np.zeros((0, size, size, 3), np.uint8), []
   with ThreadPoolExecutor(workers) as ex:
-    return np.stack(list(ex.map(lambda p: load_rgb(p, size), paths)))
+    out = list(ex.map(lambda p: read_rgb(p, size), paths))
+  return np.stack([a for a, _ in out]), [n for _, n in out]
+
+
+def load_many(paths: Sequence[str], size: int, workers: int = 4) -> np.ndarray:
+  """Images as uint8 `[N, size, size, 3]`, read in a thread pool (`read_many` without notes)."""
+  return read_many(paths, size, workers)[0]
+
+
+def tally_notes(notes) -> dict[str, int]:
+  """{conversion: number of images} of `read_rgb` notes ("a; b" counts a and b once each)."""
+  out: dict[str, int] = {}
+  for note in notes:
+    for part in filter(None, note.split("; ")):
+      out[part] = out.get(part, 0) + 1
+  return out
 
 
 def centre_crop(x: np.ndarray, crop: int) -> np.ndarray:
