@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from experiments import cli, tta
 from experiments import workdir as workdir_lib
-from rodajax import adapt, backbones, data, features, metrics, patchcore, report
+from rodajax import (adapt, augment, backbones, data, features, metrics, patchcore, points,
+                     report)
 from rodajax.coreset import coreset_size
 
 log = logging.getLogger("rodajax")
@@ -49,7 +50,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.coreset.size <= 0 and not 0.0 < config.coreset.ratio <= 1.0:
     raise ConfigError(f"config.coreset.ratio={config.coreset.ratio} must be in (0, 1] "
                       "(or set config.coreset.size > 0)")
-  if config.data.crop > config.data.resize:
+  if not data.is_points(config.data) and config.data.crop > config.data.resize:
     raise ConfigError(f"config.data.crop={config.data.crop} exceeds config.data.resize="
                       f"{config.data.resize}")
   try:
@@ -60,13 +61,27 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for f in fractions:
     if not 0.0 <= f <= 1.0:
       raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
-  if not parse_list(config.data.categories):
+  if not data.is_points(config.data) and not data.categories_of(config.data):
     raise ConfigError("config.data.categories is empty; name at least one category")
+  if data.is_points(config.data):
+    if config.model.backbone != "pointnet":
+      raise ConfigError(f"config.model.backbone={config.model.backbone!r}: point clouds "
+                        f"({config.data.name}) need a point encoder: pointnet")
+    if config.data.groups * config.data.group_size > 0 and (
+        config.data.group_size > config.data.points or config.data.groups > config.data.points):
+      raise ConfigError(f"config.data.groups={config.data.groups} and group_size="
+                        f"{config.data.group_size} must not exceed config.data.points="
+                        f"{config.data.points}")
+  elif config.model.backbone == "pointnet":
+    raise ConfigError(f"config.model.backbone=pointnet reads point clouds; config.data.name="
+                      f"{config.data.name!r} is an image dataset (use configs/pointcloud.py)")
   try:
     backbones._canonical(config.model.backbone)  # unknown name -> lists the known ones
     shifts = [s for s in parse_list(config.shift.corruptions) if s != "clean"]
     if shifts:
-      from rodajax import corruptions
+      from rodajax import corruptions, corruptions3d
+      if data.is_points(config.data):
+        corruptions = corruptions3d
       for s in shifts:
         corruptions.check(s, 1)
       for sev in parse_list(config.shift.severities):
@@ -105,8 +120,11 @@ def bank_fingerprint(config, category: str) -> str:
                                                "train_fraction", "anomaly_threshold")},
           "model": config.model.to_dict(), "coreset": config.coreset.to_dict(),
           "seed": config.seed, "category": category}
-  if config.data.name in ("mvtec", "mvtec3d", "realiad"):
+  if config.data.name in ("mvtec", "mvtec3d", "realiad") or data.is_points(config.data):
     keys["data"]["root"] = os.path.abspath(config.data.root)
+  if data.is_points(config.data):
+    keys["data"].update({k: config.data[k] for k in ("points", "groups", "group_size",
+                                                      "group_scale", "plane_distance")})
   return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -123,7 +141,8 @@ def train_features(config, ds, variables, extract, timing) -> np.ndarray:
   timing["train_features_s"] = time.perf_counter() - t
   timing["features_img_per_s"] = len(ds.train) / timing["train_features_s"]
   if not np.all(np.isfinite(feats)):
-    bad = [ds.train.names[i] for i in np.flatnonzero(~np.isfinite(feats).all(axis=(1, 2, 3)))]
+    bad = [ds.train.names[i] for i in
+           np.flatnonzero(~np.isfinite(feats).all(axis=tuple(range(1, feats.ndim))))]
     raise cli.UserError(f"the backbone gives NaN/inf features on {len(bad)} training images "
                         f"(first: {bad[0]}); check config.model.weights={config.model.weights!r} "
                         "(a damaged or mismatched weight file)")
@@ -131,7 +150,9 @@ def train_features(config, ds, variables, extract, timing) -> np.ndarray:
 
 
 def fit_bank(config, feats: np.ndarray, desc: str = "") -> patchcore.MemoryBank:
-  """The coreset memory bank of patch features `[N, h, w, D]` (config.coreset, config.seed)."""
+  """The coreset memory bank of patch features `[N, h, w, D]` or, point clouds, `[N, G, D]`."""
+  if feats.ndim == 3:
+    feats = feats[:, :, None, :]   # a G x 1 patch grid
   n_patches = feats.shape[0] * feats.shape[1] * feats.shape[2]
   k = coreset_size(n_patches, config.coreset.ratio, config.coreset.size or None)
   with tqdm(total=1, desc=f"{desc}coreset {n_patches} -> {k}") as bar:
@@ -201,12 +222,16 @@ def shift_list(config):
 
 
 def shifted_images(images, shift, severity, seed, batch):
-  """Corrupted copy of uint8 images (the same noise for every method)."""
+  """Corrupted copy of uint8 images or float32 clouds `[N, P, 3]` (the same noise for every method)."""
   if shift == "clean":
     return images
-  from rodajax import corruptions
+  from rodajax import corruptions, corruptions3d
   # zlib.crc32, not hash(): str hashes change from one process to the next.
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
+  if images.ndim == 3:
+    return np.concatenate([np.asarray(corruptions3d.corrupt(images[s:s + batch], shift, severity,
+                                                            jax.random.fold_in(key, i)))
+                           for i, s in enumerate(range(0, len(images), batch))])
   return corruptions.apply_batched(shift, images, severity, key, batch)
 
 
@@ -227,6 +252,9 @@ def build_extractor(config):
   """`(module, extract)` of `build_model` without reading any weights (a saved model has them)."""
   taps = _taps(config)
   module = backbones.build(config.model.backbone, taps)
+  if data.is_points(config.data):
+    d = config.data
+    return module, points.make_extractor(module, taps, d.groups, d.group_size, d.group_scale)
   extract = features.make_extractor(module, taps, config.data.crop, config.model.pool,
                                     config.model.out_dim or None)
   return module, extract
@@ -241,7 +269,7 @@ def fitted_categories(config, workdir):
   os.makedirs(workdir, exist_ok=True)
   module, variables, extract = build_model(config)
   extract = jax.jit(extract)
-  for category in parse_list(config.data.categories):
+  for category in data.categories_of(config.data):
     ds = data.load(config.data, category, seed=config.seed)
     bank, v = fit_or_restore(config, workdir, ds, module, variables, extract, {})
     yield ds, v, source_of(bank), extract
@@ -259,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   planned = {c: {report.record_id(_record_key(config.data.name, c, sh, sev, m, f, seed))
                  for seed in seeds(config) for sh, sev in shift_list(config)
                  for f in _fractions(config) for m in methods}
-             for c in parse_list(config.data.categories)}
+             for c in data.categories_of(config.data)}
   run = workdir_lib.open_run(workdir, config, set().union(*planned.values()))
   if run.complete:
     print(workdir_lib.summary_line(run, 0), flush=True)
@@ -268,7 +296,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   module, variables, extract = build_model(config)
   ctx = Context(config, workdir, module, extract, records, done)
   banks = {"reused": 0, "fitted": 0}
-  for category in parse_list(config.data.categories):
+  for category in data.categories_of(config.data):
     if planned[category] <= done:
       continue   # resumed: this category needs neither its images nor its bank
     ds = data.load(config.data, category, seed=config.seed)
@@ -312,22 +340,34 @@ class Context:
     self.fns: dict = {}        # method -> tta.Functions, jitted once per run
     self.computed = 0
     c = config
-    self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma, c.scoring.chunk,
-                                          c.scoring.reweight)
+    self.points = data.is_points(c.data)
+    if self.points:
+      self.predict = points.make_predict(extract, c.data.groups, c.data.group_size,
+                                         c.scoring.chunk, c.scoring.neighbours)
+    else:
+      self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma,
+                                            c.scoring.chunk, c.scoring.reweight)
 
   def functions(self, method, params):
     if method not in self.fns:
+      extra = {}
+      if self.points:
+        d = self.config.data
+        extra = {"prepare": lambda x: points.encoder_input(x, d.groups, d.group_size,
+                                                            d.group_scale),
+                 "views": augment.point_views}
       self.fns[method] = tta.build(method, self.config.adapt, self.module, self.extract, params,
-                                   self.config.data.crop)
+                                   self.config.data.crop, **extra)
     return self.fns[method]
 
-  def evaluate(self, variables, source, images, test_eval, masks, desc):
+  def evaluate(self, variables, source, images, test_eval, masks, desc, regions=None):
     c = self.config
     scores, maps = patchcore.predict(self.predict, variables, images, source.bank, c.batch_size,
                                      progress=tqdm, desc=desc)
     finite = bool(np.all(np.isfinite(scores)))
     m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
-                         masks, maps if finite else None, test_eval.types, test_eval.has_mask)
+                         masks, maps if finite else None, test_eval.types, test_eval.has_mask,
+                         regions)
     if not finite:
       m = {**m, "image_auroc": None, "pixel_auroc": None, "aupro": None,
            "error": "non-finite anomaly scores (adaptation diverged?)"}
@@ -340,7 +380,12 @@ class Context:
     category, crop = ds.category, config.data.crop
     adapt_idx, eval_idx = target_split(len(ds.test), fraction, seed)
     test_eval = ds.test.subset(eval_idx)
-    masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
+    regions = None
+    if self.points:
+      masks = test_eval.masks   # per-point labels; regions from the clean clouds
+      regions = None if masks is None else metrics.point_regions(test_eval.images, masks)
+    else:
+      masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
     rec = _record_key(ds.name, ds.category, shift, severity, method, fraction, seed)
     t0 = time.perf_counter()
     info = {}
@@ -351,14 +396,15 @@ class Context:
                                  shifted[adapt_idx], jax.random.key(seed), progress=tqdm)
     t1 = time.perf_counter()
     desc = f"{category}/{shift}{severity or ''}/s{seed}/{method}: score"
-    m, scores, maps = self.evaluate(kept, source, shifted[eval_idx], test_eval, masks, desc)
+    m, scores, maps = self.evaluate(kept, source, shifted[eval_idx], test_eval, masks, desc,
+                                    regions)
     t2 = time.perf_counter()
     if "error" in m:
       info["error"] = m.pop("error")
     if "safeguard" in info:
       # The same evaluation without the safeguard (the last step's parameters).
       mu = m if last is kept else self.evaluate(last, source, shifted[eval_idx], test_eval,
-                                                masks, desc + " (unguarded)")[0]
+                                                masks, desc + " (unguarded)", regions)[0]
       info["unguarded"] = {k: mu.get(k) for k in ("image_auroc", "pixel_auroc", "aupro")}
     rec.update({"image_auroc": m["image_auroc"], "pixel_auroc": m["pixel_auroc"],
                 "aupro": m["aupro"], "n_train": len(ds.train), "n_test": len(eval_idx),
@@ -370,7 +416,10 @@ class Context:
     if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
       rec["timing"] = {**timing, "scoring_s": t2 - t1,
                        "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
-      if config.figures:
+      if config.figures and self.points:
+        report.save_point_figure(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
+                                 test_eval.images, maps, test_eval.labels, scores, masks)
+      elif config.figures:
         report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
                             data.centre_crop(test_eval.images, crop), maps,
                             test_eval.labels, scores, masks)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import cli
-from rodajax import adapt, features
+from rodajax import adapt, augment, features
 
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
                 "sinkhorn_max_iterations", "online_above", "chunk", "kl_reg",
@@ -51,19 +51,26 @@ class Functions:
   moments: Callable             # (variables, images) -> per-layer {"mean", "var"}
 
 
-def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int) -> Functions:
-  """Jits the step, the held-out criterion and the BN moments of `method`."""
+def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
+          prepare: Callable | None = None, views: Callable = augment.views) -> Functions:
+  """Jits the step, the held-out criterion and the BN moments of `method`.
+
+  `prepare(images) -> module input` (default: centre crop + ImageNet
+  normalisation); point clouds pass `points.encoder_input` and
+  `augment.point_views`.
+  """
   s = settings(cfg_adapt, method)
   optimizer = adapt.make_optimizer(params, cfg_adapt.lr, cfg_adapt.optimizer)
-  step = (jax.jit(adapt.make_step(s, extract, optimizer)) if adapt.is_gradient_method(method)
-          else None)
+  step = (jax.jit(adapt.make_step(s, extract, optimizer, views))
+          if adapt.is_gradient_method(method) else None)
+  prepare = prepare or (lambda images: features.crop_and_normalise(images, crop))
 
   def criterion(variables, source, images, key):
     z = extract(variables, images)
     return adapt.holdout_criterion(z.reshape(-1, z.shape[-1]), source, key, s)
 
   def moments(variables, images):
-    return adapt.batch_moments(module, variables, features.crop_and_normalise(images, crop))
+    return adapt.batch_moments(module, variables, prepare(images))
   return Functions(s, optimizer, step, jax.jit(criterion), jax.jit(moments))
 
 

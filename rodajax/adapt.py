@@ -203,13 +203,14 @@ def method_loss(z: jax.Array, source: Source, key: jax.Array,
   return transport.discrete_loss(zs, bs, row, col), metrics
 
 
-def make_step(settings: Settings, extract: Callable,
-              optimizer: optax.GradientTransformation) -> Callable:
+def make_step(settings: Settings, extract: Callable, optimizer: optax.GradientTransformation,
+              views: Callable = augment.views) -> Callable:
   """The pure BN-only update of `settings.method`; jit it once in the experiment.
 
   `step(state, source, images [B, R, R, 3] uint8, key) -> (state, metrics)`.
   `extract(variables, images) -> [B', h, w, D]` uses the running statistics in
-  `state.batch_stats`. A step whose loss is not finite returns the state it
+  `state.batch_stats`. Point clouds: `images` are clouds `[B, N, 3]`,
+  `extract` gives `[B', G, D]` and `views` is `augment.point_views`. A step whose loss is not finite returns the state it
   was given (metrics["finite"] is False), so a diverging run keeps its last
   good parameters.
   """
@@ -220,12 +221,12 @@ def make_step(settings: Settings, extract: Callable,
   def loss_fn(bn_flat, frozen_flat, batch_stats, images, key, source):
     params = traverse_util.unflatten_dict({**bn_flat, **frozen_flat})
     k_view, k_loss = jax.random.split(key)
-    x = augment.views(images, k_view, settings.n_views, METHODS[settings.method][2])
+    x = views(images, k_view, settings.n_views, METHODS[settings.method][2])
     z = extract({"params": params, "batch_stats": batch_stats}, x)
     return method_loss(z.reshape(-1, z.shape[-1]), source, k_loss, settings)
 
   def step(state: AdaptState, source: Source, images: jax.Array, key: jax.Array):
-    chex.assert_rank(images, 4)
+    chex.assert_rank(images, {3, 4})
     # Differentiate w.r.t. the BatchNorm affine parameters only: XLA then drops
     # every convolution-kernel gradient (3-4x less work than a full backward).
     bn_flat, frozen_flat = split_bn(state.params)
@@ -244,7 +245,10 @@ def make_step(settings: Settings, extract: Callable,
 
 
 def batch_moments(module, variables: dict, x: jax.Array) -> Any:
-  """Per-layer BatchNorm batch statistics (mean, var) of normalised images `x [B, H, W, 3]`.
+  """Per-layer BatchNorm batch statistics (mean, var) of the module's input `x`.
+
+  `x`: normalised images `[B, H, W, 3]`, or what a point encoder sees
+  (`points.encoder_input`).
 
   Read off Flax's running-average update: new = m * old + (1 - m) * batch.
   """

@@ -30,3 +30,30 @@ def views(images: jax.Array, key: jax.Array, n_views: int = 4, mode: str = "dihe
   for i in range(n_views - 1):
     out.append(jax.lax.switch(perm[i], [lambda x, t=t: dihedral(x, t) for t in range(8)], images))
   return jnp.concatenate(out)
+
+
+def point_views(points: jax.Array, key: jax.Array, n_views: int = 4,
+                mode: str = "dihedral", max_degrees: float = 10.0) -> jax.Array:
+  """RoDA's views of point clouds `[B, N, 3]` -> `[B * n_views, N, 3]`, grouped per view.
+
+  "copy": identical copies. Otherwise (the 3D counterpart of "dihedral") view
+  0 is the cloud itself and each other view is the same cloud with its points
+  permuted (farthest-point sampling then starts elsewhere: new patch centres,
+  i.e. a resampling of the surface) and rotated about the up (y) axis by a
+  uniform angle in +/- `max_degrees`.
+  """
+  if mode == "copy":
+    return jnp.concatenate([points] * n_views)
+  if not 1 <= n_views:
+    raise ValueError(f"n_views must be >= 1, got {n_views}")
+  out = [points]
+  b, n = points.shape[:2]
+  for i, k in enumerate(jax.random.split(key, n_views - 1)):
+    kp, ka = jax.random.split(k)
+    perm = jax.vmap(lambda kk: jax.random.permutation(kk, n))(jax.random.split(kp, b))
+    x = jnp.take_along_axis(points, perm[..., None], axis=1)
+    a = jnp.deg2rad(max_degrees) * jax.random.uniform(ka, (b,), minval=-1.0, maxval=1.0)
+    c, s = jnp.cos(a)[:, None], jnp.sin(a)[:, None]
+    x = jnp.stack([c * x[..., 0] + s * x[..., 2], x[..., 1], -s * x[..., 0] + c * x[..., 2]], -1)
+    out.append(x)
+  return jnp.concatenate(out)

@@ -43,7 +43,33 @@ def pixel_auroc(masks, maps) -> float | None:
   return auroc(np.asarray(masks, bool), maps)
 
 
-def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
+def point_regions(points, masks) -> np.ndarray:
+  """Defect regions of point clouds: `[N, P]` int, 0 = normal, 1.. = region id (global).
+
+  The 3D counterpart of 8-connectivity: anomalous points of one cloud are
+  connected when closer than twice the cloud's median nearest-neighbour
+  spacing; each connected component is a region (`aupro(..., regions=)`).
+  """
+  from scipy.sparse import coo_matrix
+  from scipy.sparse.csgraph import connected_components
+  from scipy.spatial import cKDTree
+  points, masks = np.asarray(points, np.float64), np.asarray(masks, bool)
+  out = np.zeros(masks.shape, np.int64)
+  n_comp = 0
+  for i in range(len(masks)):
+    idx = np.flatnonzero(masks[i])
+    if not len(idx):
+      continue
+    spacing = np.median(cKDTree(points[i]).query(points[i], 2)[0][:, 1])
+    pairs = cKDTree(points[i][idx]).query_pairs(2 * spacing, output_type="ndarray")
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), (len(idx), len(idx)))
+    n, lab = connected_components(graph, directed=False)
+    out[i, idx] = lab + 1 + n_comp
+    n_comp += n
+  return out
+
+
+def aupro(masks, maps, max_fpr: float = 0.3, regions=None) -> float | None:
   """Area under the per-region-overlap curve up to `max_fpr`, normalised, in percent.
 
   Bergmann et al., MVTec AD (IJCV 2021): regions are the 8-connected components
@@ -51,6 +77,8 @@ def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
   the region's pixels with score >= t; FPR(t) is over normal pixels. The curve
   is integrated (trapezoid) from FPR 0 to `max_fpr` and divided by `max_fpr`.
   Every distinct score is a threshold, so the value is exact.
+  `regions`: precomputed region ids (same shape, 0 = normal; point clouds:
+  `point_regions`) instead of the 8-connected components of 2D masks.
   """
   if masks is None:
     return None
@@ -58,12 +86,18 @@ def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
   maps = np.asarray(maps, np.float64)
   if masks.shape != maps.shape:
     raise ValueError(f"masks {masks.shape} and maps {maps.shape} differ in shape")
-  comp = np.zeros(masks.shape, np.int64)
-  n_comp = 0
-  for i in range(len(masks)):
-    lab, n = ndimage.label(masks[i], structure=np.ones((3, 3)))
-    comp[i] = np.where(lab > 0, lab + n_comp, 0)
-    n_comp += n
+  if regions is not None:
+    comp = np.where(masks, np.asarray(regions, np.int64), 0)
+    ids, inverse = np.unique(comp, return_inverse=True)   # renumbered 1..n_comp
+    comp = inverse.reshape(comp.shape) + (0 if ids[0] == 0 else 1)
+    n_comp = int(comp.max())
+  else:
+    comp = np.zeros(masks.shape, np.int64)
+    n_comp = 0
+    for i in range(len(masks)):
+      lab, n = ndimage.label(masks[i], structure=np.ones((3, 3)))
+      comp[i] = np.where(lab > 0, lab + n_comp, 0)
+      n_comp += n
   normal = ~masks
   if n_comp == 0 or not normal.any():
     return None
@@ -86,7 +120,7 @@ def aupro(masks, maps, max_fpr: float = 0.3) -> float | None:
 
 
 def evaluate(labels, scores, masks=None, maps=None, types: Sequence[str] | None = None,
-             has_mask=None) -> dict:
+             has_mask=None, regions=None) -> dict:
   """Image AUROC, F1-max, pixel AUROC, AUPRO, overall and per defect type.
 
   Pixel metrics use only images that have a ground-truth mask (`has_mask`).
@@ -96,9 +130,10 @@ def evaluate(labels, scores, masks=None, maps=None, types: Sequence[str] | None 
   if masks is not None and has_mask is not None:
     keep = np.asarray(has_mask, bool)
     masks, maps = (None, None) if not keep.any() else (np.asarray(masks)[keep], np.asarray(maps)[keep])
+    regions = None if regions is None or masks is None else np.asarray(regions)[keep]
   out = {"image_auroc": auroc(labels, scores), "image_f1_max": f1_max(labels, scores),
          "pixel_auroc": pixel_auroc(masks, maps) if maps is not None else None,
-         "aupro": aupro(masks, maps) if maps is not None else None}
+         "aupro": aupro(masks, maps, regions=regions) if maps is not None else None}
   if types is not None:
     types = np.asarray(types)
     per = {}

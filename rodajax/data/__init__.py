@@ -1,4 +1,5 @@
-"""Datasets: MVTec AD / MVTec 3D-AD (RGB) folder layouts, ELPV (embedded), splits."""
+"""Datasets: MVTec AD / MVTec 3D-AD (RGB) folder layouts, ELPV (embedded), point clouds."""
+from rodajax.data import pointclouds
 from rodajax.data.elpv import CELL_TYPES, load_elpv
 from rodajax.data.images import (DataError, centre_crop, expand, list_images, load_many, load_rgb,
                                  read_many, read_rgb, tally_notes)
@@ -19,7 +20,31 @@ def load(config_data, category: str, seed: int = 0, test: bool = True) -> Datase
                      max_test_normal=config_data.max_test_normal or None,
                      max_test_anomalous=config_data.max_test_anomalous or None,
                      anomaly_threshold=config_data.anomaly_threshold)
+  if name == "real3d":
+    return pointclouds.load_real3d(config_data.root, category, config_data.points,
+                                   config_data.max_train or None)
+  if name == "mvtec3d_points":
+    return pointclouds.load_mvtec3d_points(config_data.root, category, config_data.points,
+                                           config_data.max_train or None,
+                                           config_data.plane_distance)
   if name in ("mvtec", "mvtec3d", "realiad"):
     return load_mvtec(config_data.root, category, resize=config_data.resize, name=name,
                       max_train=config_data.max_train or None, test=test)
-  raise DataError(f"unknown dataset {name!r}; known: elpv, mvtec, mvtec3d, realiad")
+  raise DataError(f"unknown dataset {name!r}; known: elpv, mvtec, mvtec3d, realiad (images), "
+                  f"{', '.join(POINT_DATASETS)} (point clouds)")
+
+
+POINT_DATASETS = ("real3d", "mvtec3d_points")
+
+
+def is_points(config_data) -> bool:
+  """Whether `config.data` names a point-cloud dataset."""
+  return config_data.name in POINT_DATASETS
+
+
+def categories_of(config_data) -> list[str]:
+  """`config.data.categories`, or every class folder under `config.data.root` (point clouds)."""
+  named = parse_categories(config_data.categories)
+  if named or not is_points(config_data):
+    return named
+  return pointclouds.categories(config_data.root, config_data.name)
