@@ -42,6 +42,11 @@ def fit_fingerprint(config, category) -> str:
 
 def validate_fit(config) -> str:
   from experiments import train
+  from rodajax import data
+  if data.is_points(config.data):
+    raise cli.UserError(f"fit/adapt/predict read images; point clouds (config.data.name="
+                        f"{config.data.name!r}) run through python -m experiments.roda "
+                        "--config configs/pointcloud.py for now")
   train.validate(config)
   cats = train.parse_list(config.data.categories)
   if len(cats) != 1:

@@ -375,3 +375,48 @@ def test_pointcloud_experiment_writes_the_2d_records_and_resumes(tmp_path, capsy
   capsys.readouterr()
   roda.main(args)
   assert "nothing recomputed" in capsys.readouterr().out
+
+
+def test_builder_from_clean_clouds_writes_the_real3d_layout(tmp_path):
+  from experiments import make_pointclouds
+  rng = np.random.default_rng(0)
+  sphere = rng.normal(size=(2, 400, 3))
+  sphere /= np.linalg.norm(sphere, axis=-1, keepdims=True)
+  np.savez(tmp_path / "ball.npz", points=sphere.astype(np.float16))
+  make_pointclouds.main(["--clouds", str(tmp_path / "ball.npz"), "--out", str(tmp_path / "dev"),
+                         "--train", "3", "--good", "2", "--defective", "4", "--seed", "1"])
+  ds = pc.load_real3d(str(tmp_path / "dev"), "ball", n_points=256)
+  assert len(ds.train) == 3 and ds.test.types == ["bulge", "crack", "dent", "good", "good", "hole"]
+  assert list(ds.test.labels) == [1, 1, 1, 0, 0, 1]
+  assert list(ds.test.masks.any(axis=1)) == [True, True, True, False, False, True]
+  with pytest.raises(SystemExit) as e:     # a user error: one line, exit 2
+    from experiments import cli
+    cli.run(make_pointclouds.main, ["--out", str(tmp_path / "x")])
+  assert e.value.code == 2
+
+
+def test_the_image_tool_refuses_a_point_cloud_config_by_name(tmp_path):
+  from experiments import cli, fit
+  config = cli.load_config("configs/pointcloud.py")
+  with pytest.raises(cli.UserError, match="point clouds .*experiments.roda"):
+    fit.validate_fit(config)
+
+
+def test_config_mistakes_in_3d_are_named():
+  from experiments import cli, train
+  c = cli.load_config("configs/pointcloud.py")
+  c.model.backbone = "efficientnet_lite0"
+  with pytest.raises(train.ConfigError, match="need a point encoder: pointnet"):
+    train.validate(c)
+  c = cli.load_config("configs/pointcloud.py")
+  c.shift.corruptions = "clean,defocus_blur"
+  with pytest.raises(train.ConfigError, match="unknown point-cloud shift 'defocus_blur'"):
+    train.validate(c)
+  c = cli.load_config("configs/pointcloud.py")
+  c.data.group_size = 10000
+  with pytest.raises(train.ConfigError, match="must not exceed config.data.points"):
+    train.validate(c)
+  c = cli.load_config("configs/elpv.py")
+  c.model.backbone = "pointnet"
+  with pytest.raises(train.ConfigError, match="configs/pointcloud.py"):
+    train.validate(c)
