@@ -91,7 +91,7 @@ def test_pcd_reader_refuses_malformed_files(tmp_path):
   (tmp_path / "junk.pcd").write_bytes(b"hello\x00world")
   with pytest.raises(DataError, match="no DATA line"):
     pc.read_pcd(str(tmp_path / "junk.pcd"))
-  with pytest.raises(DataError, match="no such file"):
+  with pytest.raises(DataError, match="point cloud .*missing.pcd.* does not exist"):
     pc.read_pcd(str(tmp_path / "missing.pcd"))
 
 

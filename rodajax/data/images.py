@@ -42,16 +42,17 @@ MIN_SIDE = 16     # px: smaller images hold no patch grid worth scoring
 MAX_ASPECT = 8.0  # longer side / shorter side beyond which a square resize is meaningless
 
 
-def _check_file(path: str) -> None:
+def check_file(path: str, what: str = "image") -> None:
+  """A DataError naming `path` (a `what`, e.g. image or point cloud) unless it is a non-empty file."""
   if os.path.islink(path) and not os.path.exists(path):
-    raise DataError(f"image {path!r} is a broken symlink (to {os.readlink(path)!r}); "
+    raise DataError(f"{what} {path!r} is a broken symlink (to {os.readlink(path)!r}); "
                     "fix or remove the link")
   if not os.path.exists(path):
-    raise DataError(f"image {path!r} does not exist; check the path")
+    raise DataError(f"{what} {path!r} does not exist; check the path")
   if not os.path.isfile(path):
-    raise DataError(f"image {path!r} is not a regular file; pass image files only")
+    raise DataError(f"{what} {path!r} is not a regular file; pass {what} files only")
   if os.path.getsize(path) == 0:
-    raise DataError(f"image {path!r} is empty (0 bytes); remove or replace the file")
+    raise DataError(f"{what} {path!r} is empty (0 bytes); remove or replace the file")
 
 
 def _to_rgb(im: Image.Image, path: str) -> tuple[Image.Image, list[str]]:
@@ -92,7 +93,7 @@ def read_rgb(path: str, size: int | None) -> tuple[np.ndarray, str]:
   MIN_SIDE px or more elongated than MAX_ASPECT:1, modes without an 8-bit
   mapping (float).
   """
-  _check_file(path)
+  check_file(path)
   notes = []
   try:
     with Image.open(path) as im:

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rodajax.data.images import DataError
+from rodajax.data.images import DataError, check_file
 from rodajax.data.mvtec import Dataset, ImageSet
 
 # ---------------------------------------------------------------------------- PCD
@@ -79,7 +79,7 @@ def read_pcd(path: str) -> np.ndarray:
 
   Points with a non-finite coordinate (PCL's NaN for "no return") are dropped.
   """
-  _check_file(path)
+  check_file(path, "point cloud")
   with open(path, "rb") as f:
     raw = f.read()
   header, pos = {}, 0
@@ -228,7 +228,7 @@ def _tiff_builtin(path: str, raw: bytes) -> np.ndarray:
 
 def read_tiff(path: str) -> np.ndarray:
   """An MVTec 3D-AD organised cloud `[H, W, 3]` float32 (x, y, z per pixel)."""
-  _check_file(path)
+  check_file(path, "point cloud")
   try:
     import tifffile
     try:
@@ -257,7 +257,7 @@ def read_mesh(path: str) -> tuple[np.ndarray, np.ndarray]:
 
   PLY faces with more than 3 vertices are fanned into triangles.
   """
-  _check_file(path)
+  check_file(path, "mesh")
   with open(path, "rb") as f:
     raw = f.read()
   ext = os.path.splitext(path)[1].lower()
@@ -392,15 +392,6 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, n: int,
 
 # ---------------------------------------------------------------------------- clouds
 
-def _check_file(path: str) -> None:
-  if not os.path.exists(path):
-    raise DataError(f"{path}: no such file")
-  if not os.path.isfile(path):
-    raise DataError(f"{path}: not a file")
-  if os.path.getsize(path) == 0:
-    raise DataError(f"{path}: empty file")
-
-
 def unit_sphere(xyz: np.ndarray) -> np.ndarray:
   """One cloud `[N, 3]` centred on its mean and scaled so its farthest point has norm 1."""
   c = xyz - xyz.mean(axis=0)
@@ -495,7 +486,7 @@ def _cat_dir(root, category):
 
 def read_labels_txt(path: str) -> tuple[np.ndarray, np.ndarray]:
   """`(xyz [N, 3], labels [N] bool)` of a Real3D-AD ground-truth file ("x y z label" lines)."""
-  _check_file(path)
+  check_file(path, "ground-truth file")
   try:
     arr = np.loadtxt(path, dtype=np.float64, ndmin=2)
   except ValueError as e:
