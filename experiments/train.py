@@ -229,10 +229,24 @@ def shifted_images(images, shift, severity, seed, batch):
   # zlib.crc32, not hash(): str hashes change from one process to the next.
   key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
   if images.ndim == 3:
-    return np.concatenate([np.asarray(corruptions3d.corrupt(images[s:s + batch], shift, severity,
-                                                            jax.random.fold_in(key, i)))
-                           for i, s in enumerate(range(0, len(images), batch))])
+    return shifted_points(images, shift, severity, seed, batch)[0]
   return corruptions.apply_batched(shift, images, severity, key, batch)
+
+
+def shifted_points(clouds, shift, severity, seed, batch):
+  """`(shifted clouds [N, P, 3], source index [N, P] or None for clean)`, in batches.
+
+  The source index says which clean point each shifted point comes from
+  (corruptions3d.corrupt_indexed), so per-point labels can follow.
+  """
+  if shift == "clean":
+    return clouds, None
+  from rodajax import corruptions3d
+  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
+  parts = [corruptions3d.corrupt_indexed(clouds[s:s + batch], shift, severity,
+                                         jax.random.fold_in(key, i))
+           for i, s in enumerate(range(0, len(clouds), batch))]
+  return tuple(np.concatenate([np.asarray(p[k]) for p in parts]) for k in (0, 1))
 
 
 def build_model(config):
@@ -315,10 +329,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         if not todo:
           continue  # resumed: no corruption to recompute
         # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
-        shifted = shifted_images(ds.test.images, shift, severity, seed, config.batch_size)
+        if data.is_points(config.data):
+          shifted, order = shifted_points(ds.test.images, shift, severity, seed,
+                                          config.batch_size)
+        else:
+          shifted, order = shifted_images(ds.test.images, shift, severity, seed,
+                                          config.batch_size), None
         for fraction, method in todo:
           ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
-                      fraction == fractions[0], method)
+                      fraction == fractions[0], method, order)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
   print(workdir_lib.summary_line(run, ctx.computed, f"memory banks: {banks['reused']} reused, "
@@ -374,16 +393,24 @@ class Context:
     return m, scores, maps
 
   def run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
-              first_fraction, method):
-    """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record."""
+              first_fraction, method, order=None):
+    """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record.
+
+    `order`: point clouds only, which clean point each shifted point comes from.
+    """
     config, workdir = self.config, self.workdir
     category, crop = ds.category, config.data.crop
     adapt_idx, eval_idx = target_split(len(ds.test), fraction, seed)
     test_eval = ds.test.subset(eval_idx)
     regions = None
     if self.points:
-      masks = test_eval.masks   # per-point labels; regions from the clean clouds
-      regions = None if masks is None else metrics.point_regions(test_eval.images, masks)
+      # Per-point labels follow their points through the shift (dropout and density repeat
+      # survivors); regions come from the clean coordinates of the same points.
+      masks, clean = test_eval.masks, test_eval.images
+      if order is not None and masks is not None:
+        masks = np.take_along_axis(masks, order[eval_idx], axis=1)
+        clean = np.take_along_axis(clean, order[eval_idx][..., None], axis=1)
+      regions = None if masks is None else metrics.point_regions(clean, masks)
     else:
       masks = None if test_eval.masks is None else data.centre_crop(test_eval.masks, crop)
     rec = _record_key(ds.name, ds.category, shift, severity, method, fraction, seed)

@@ -15,7 +15,9 @@ Severities 1-5, as ImageNet-C:
   rotation        a rigid rotation about a random axis by 2.5 ... 12.5
                   degrees (a part placed slightly askew).
 
-Each shift is a pure function of the clouds, the severity and a JAX key.
+Each shift is a pure function of the clouds, the severity and a JAX key; it
+also returns, per output point, the index of the input point it comes from
+(dropout and density repeat survivors), so labels follow their points.
 """
 from __future__ import annotations
 
@@ -29,12 +31,16 @@ DENSITY_KEEP = (0.8, 0.65, 0.5, 0.35, 0.2)
 DEGREES = (2.5, 5.0, 7.5, 10.0, 12.5)
 
 
+def _identity_order(x):
+  return jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+
+
 def gaussian_noise(x, severity, key):
-  return x + SIGMAS[severity - 1] * jax.random.normal(key, x.shape, x.dtype)
+  return x + SIGMAS[severity - 1] * jax.random.normal(key, x.shape, x.dtype), _identity_order(x)
 
 
 def _refill(x, keep, key):
-  """Each cloud with its dropped points replaced by random kept ones: `[B, N, 3]`."""
+  """Each cloud with its dropped points replaced by kept ones: `([B, N, 3], source index [B, N])`."""
   def one(p, k, kk):
     # Sample N indices among the kept points (Gumbel top-k over log(keep)); kept points first.
     n = p.shape[0]
@@ -42,7 +48,7 @@ def _refill(x, keep, key):
     order = jnp.argsort(-score)
     n_keep = jnp.maximum(jnp.sum(k), 1)
     idx = order[jnp.arange(n) % n_keep]
-    return p[idx]
+    return p[idx], idx
   return jax.vmap(one)(x, keep, jax.random.split(key, x.shape[0]))
 
 
@@ -73,7 +79,7 @@ def rotation(x, severity, key):
   sign = jnp.where(jax.random.bernoulli(k2, 0.5, (x.shape[0],)), 1.0, -1.0)
   rot = jax.vmap(rotation_matrix)(axes, sign * jnp.deg2rad(DEGREES[severity - 1]))
   centre = jnp.mean(x, axis=1, keepdims=True)
-  return jnp.einsum("bij,bnj->bni", rot, x - centre) + centre
+  return jnp.einsum("bij,bnj->bni", rot, x - centre) + centre, _identity_order(x)
 
 
 SHIFTS = {"gaussian_noise": gaussian_noise, "dropout": dropout, "density": density,
@@ -91,8 +97,18 @@ def check(name: str, severity: int) -> None:
     raise ValueError(f"severity must be 1-5, got {severity}")
 
 
-def corrupt(points: jax.Array, name: str, severity: int, key: jax.Array) -> jax.Array:
-  """Shift `name` at `severity` of clouds `[B, N, 3]` float32 -> same shape."""
+def corrupt_indexed(points: jax.Array, name: str, severity: int,
+                    key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Shift `name` at `severity` of clouds `[B, N, 3]`: `(shifted [B, N, 3], source [B, N])`.
+
+  `source[b, i]` is the input point that output point i comes from, so
+  per-point labels follow their points (`labels[b, source[b]]`).
+  """
   check(name, severity)
   chex.assert_rank(points, 3)
   return SHIFTS[name](jnp.asarray(points, jnp.float32), int(severity), key)
+
+
+def corrupt(points: jax.Array, name: str, severity: int, key: jax.Array) -> jax.Array:
+  """Shift `name` at `severity` of clouds `[B, N, 3]` float32 -> same shape."""
+  return corrupt_indexed(points, name, severity, key)[0]

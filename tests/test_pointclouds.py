@@ -420,3 +420,14 @@ def test_config_mistakes_in_3d_are_named():
   c.model.backbone = "pointnet"
   with pytest.raises(train.ConfigError, match="configs/pointcloud.py"):
     train.validate(c)
+
+
+def test_labels_follow_their_points_through_dropout_and_density():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 300, 3)), jnp.float32)
+  for name in ("dropout", "density", "gaussian_noise", "rotation"):
+    y, src = corruptions3d.corrupt_indexed(x, name, 4, jax.random.key(3))
+    if name in ("dropout", "density"):
+      np.testing.assert_array_equal(y, np.take_along_axis(np.asarray(x), np.asarray(src)[..., None], 1))
+    else:
+      np.testing.assert_array_equal(src, np.broadcast_to(np.arange(300), (2, 300)))
