@@ -67,8 +67,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if config.model.backbone != "pointnet":
       raise ConfigError(f"config.model.backbone={config.model.backbone!r}: point clouds "
                         f"({config.data.name}) need a point encoder: pointnet")
-    if config.data.groups * config.data.group_size > 0 and (
-        config.data.group_size > config.data.points or config.data.groups > config.data.points):
+    if max(config.data.groups, config.data.group_size) > config.data.points:
       raise ConfigError(f"config.data.groups={config.data.groups} and group_size="
                         f"{config.data.group_size} must not exceed config.data.points="
                         f"{config.data.points}")
@@ -225,12 +224,16 @@ def shifted_images(images, shift, severity, seed, batch):
   """Corrupted copy of uint8 images or float32 clouds `[N, P, 3]` (the same noise for every method)."""
   if shift == "clean":
     return images
-  from rodajax import corruptions, corruptions3d
-  # zlib.crc32, not hash(): str hashes change from one process to the next.
-  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
   if images.ndim == 3:
     return shifted_points(images, shift, severity, seed, batch)[0]
-  return corruptions.apply_batched(shift, images, severity, key, batch)
+  from rodajax import corruptions
+  return corruptions.apply_batched(shift, images, severity, _shift_key(shift, severity, seed),
+                                   batch)
+
+
+def _shift_key(shift, severity, seed):
+  # zlib.crc32, not hash(): str hashes change from one process to the next.
+  return jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
 
 
 def shifted_points(clouds, shift, severity, seed, batch):
@@ -242,7 +245,7 @@ def shifted_points(clouds, shift, severity, seed, batch):
   if shift == "clean":
     return clouds, None
   from rodajax import corruptions3d
-  key = jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{shift}/{severity}".encode()))
+  key = _shift_key(shift, severity, seed)
   parts = [corruptions3d.corrupt_indexed(clouds[s:s + batch], shift, severity,
                                          jax.random.fold_in(key, i))
            for i, s in enumerate(range(0, len(clouds), batch))]
@@ -329,12 +332,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
         if not todo:
           continue  # resumed: no corruption to recompute
         # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
-        if data.is_points(config.data):
+        if data.is_points(config.data):   # which clean point each shifted one comes from
           shifted, order = shifted_points(ds.test.images, shift, severity, seed,
                                           config.batch_size)
         else:
-          shifted, order = shifted_images(ds.test.images, shift, severity, seed,
-                                          config.batch_size), None
+          shifted = shifted_images(ds.test.images, shift, severity, seed, config.batch_size)
+          order = None
         for fraction, method in todo:
           ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
                       fraction == fractions[0], method, order)
@@ -361,8 +364,8 @@ class Context:
     c = config
     self.points = data.is_points(c.data)
     if self.points:
-      self.predict = points.make_predict(extract, c.data.groups, c.data.group_size,
-                                         c.scoring.chunk, c.scoring.neighbours)
+      self.predict = points.make_predict(extract, c.data.groups, c.scoring.chunk,
+                                         c.scoring.neighbours)
     else:
       self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma,
                                             c.scoring.chunk, c.scoring.reweight)

@@ -75,12 +75,16 @@ def knn_groups(points: jax.Array, n_groups: int, group_size: int,
     points, centred on the centre and multiplied by `group_scale`.
   """
   chex.assert_rank(points, 3)
+  c = centres(points, n_groups)
 
-  def one(p):
-    c = p[farthest_point_sampling(p, n_groups)]
-    g = p[knn(c, p, group_size)] - c[:, None, :]
-    return c, g * group_scale
-  return jax.vmap(one)(points)
+  def one(p, cc):
+    return (p[knn(cc, p, group_size)] - cc[:, None, :]) * group_scale
+  return c, jax.vmap(one)(points, c)
+
+
+def centres(points: jax.Array, n_groups: int) -> jax.Array:
+  """The farthest-point-sampling centres `[B, G, 3]` of clouds `[B, N, 3]` (those of `knn_groups`)."""
+  return jax.vmap(lambda p: p[farthest_point_sampling(p, n_groups)])(points)
 
 
 def encoder_input(points: jax.Array, n_groups: int, group_size: int,
@@ -127,7 +131,7 @@ def propagate(centres: jax.Array, scores: jax.Array, points: jax.Array,
   return jnp.sum(w * scores[idx], axis=-1) / jnp.sum(w, axis=-1)
 
 
-def make_predict(extract: Callable, n_groups: int, group_size: int, chunk: int = 2048,
+def make_predict(extract: Callable, n_groups: int, chunk: int = 2048,
                  neighbours: int = 3) -> Callable:
   """Jitted `f(variables, bank [M, D], points [B, N, 3]) -> (object_scores [B], point_scores [B, N])`.
 
@@ -137,7 +141,7 @@ def make_predict(extract: Callable, n_groups: int, group_size: int, chunk: int =
     z = extract(variables, points)                            # [B, G, D]
     s = scoring.nearest_distances(z.reshape(-1, z.shape[-1]), bank, chunk=chunk)
     s = s.reshape(z.shape[:2])
-    centres, _ = knn_groups(points, n_groups, 1)
-    per_point = jax.vmap(lambda c, sc, p: propagate(c, sc, p, neighbours))(centres, s, points)
+    per_point = jax.vmap(lambda c, sc, p: propagate(c, sc, p, neighbours))(
+        centres(points, n_groups), s, points)
     return jnp.max(s, axis=1), per_point
   return jax.jit(predict)

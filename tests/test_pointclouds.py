@@ -280,7 +280,7 @@ def test_extractor_and_predict_shapes_and_an_exact_match_scores_zero(golden):
   x = jnp.asarray(golden["random_points"])
   z = ext(v, x)
   assert z.shape == (2, 16, 128)
-  pred = points.make_predict(ext, 16, 8)
+  pred = points.make_predict(ext, 16)
   scores, per_point = pred(v, z[0], x)      # cloud 0's own patches are the bank
   assert per_point.shape == (2, 256)
   assert float(scores[0]) < 1e-2 < float(scores[1])

@@ -523,7 +523,7 @@ def load_real3d(root: str, category: str, n_points: int = 2048,
   if not test_files:
     raise DataError(f"no test clouds: {os.path.join(cat, 'test')}/*.pcd is empty")
   train = [_finish(read_pcd(p), None, n_points, os.path.relpath(p, root))[0] for p in train_files]
-  pts, labs, lab, has, types = [], [], [], [], []
+  tests = []
   for p in test_files:
     stem = os.path.splitext(os.path.basename(p))[0]
     xyz = read_pcd(p)
@@ -536,16 +536,18 @@ def load_real3d(root: str, category: str, n_points: int = 2048,
     else:
       point_labels, has_gt = np.zeros(len(xyz), bool), False
     x, l = _finish(xyz, point_labels, n_points, os.path.relpath(p, root))
-    pts.append(x)
-    labs.append(l)
-    lab.append(0 if good else 1)
-    has.append(has_gt)
-    types.append("good" if good else _defect_type(stem))
-  return Dataset("real3d", category,
+    tests.append((x, l, has_gt, "good" if good else _defect_type(stem)))
+  return _dataset("real3d", category, train, train_files, tests, test_files)
+
+
+def _dataset(name, category, train, train_files, tests, test_files) -> Dataset:
+  """A point-cloud `Dataset` from training clouds and `(cloud, point labels, has gt, type)` per test cloud."""
+  pts, labs, has, types = zip(*tests)
+  return Dataset(name, category,
                  ImageSet(np.stack(train), np.zeros(len(train), np.int32), None,
                           np.ones(len(train), bool), ["good"] * len(train), train_files),
-                 ImageSet(np.stack(pts), np.asarray(lab, np.int32), np.stack(labs),
-                          np.asarray(has), types, test_files))
+                 ImageSet(np.stack(pts), np.asarray([t != "good" for t in types], np.int32),
+                          np.stack(labs), np.asarray(has), list(types), test_files))
 
 
 def _defect_type(stem: str) -> str:
@@ -573,7 +575,7 @@ def load_mvtec3d_points(root: str, category: str, n_points: int = 2048,
   test_files = files("test")
   if not test_files:
     raise DataError(f"no test clouds: {os.path.join(cat, 'test')}/<type>/xyz/*.tiff is empty")
-  pts, labs, lab, has, types = [], [], [], [], []
+  tests = []
   for p in test_files:
     t = os.path.basename(os.path.dirname(os.path.dirname(p)))
     xyz = read_tiff(p)
@@ -587,16 +589,8 @@ def load_mvtec3d_points(root: str, category: str, n_points: int = 2048,
     cloud, l = organised_to_cloud(xyz, mask if mask is not None else np.zeros(xyz.shape[:2]),
                                   plane_distance)
     x, l = _finish(cloud, l, n_points, os.path.relpath(p, root))
-    pts.append(x)
-    labs.append(l)
-    lab.append(0 if t == "good" else 1)
-    has.append(t == "good" or mask is not None)
-    types.append(t)
-  return Dataset("mvtec3d_points", category,
-                 ImageSet(np.stack(train), np.zeros(len(train), np.int32), None,
-                          np.ones(len(train), bool), ["good"] * len(train), train_files),
-                 ImageSet(np.stack(pts), np.asarray(lab, np.int32), np.stack(labs),
-                          np.asarray(has), types, test_files))
+    tests.append((x, l, t == "good" or mask is not None, t))
+  return _dataset("mvtec3d_points", category, train, train_files, tests, test_files)
 
 
 # ---------------------------------------------------------------------------- defects
