@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, loops
 
 FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fit)", required=True),
          cli.Flag("images", "folder (subfolders included), quoted glob, or file of unlabeled "
@@ -106,7 +106,7 @@ def main(argv):
                                    config.scoring.chunk, config.scoring.reweight)
 
   def score(v):
-    return patchcore.predict(predict, v, images, source.bank, config.batch_size)[0]
+    return loops.predict(predict, v, images, source.bank, config.batch_size)[0]
   before = score(model.variables)
   after = before if kept is model.variables else score(kept)
   thr = model.threshold
@@ -121,7 +121,7 @@ def main(argv):
   threshold = None
   if normals:
     normal_images = data.load_many(normals, config.data.resize)
-    ns = patchcore.predict(predict, kept, normal_images, source.bank, config.batch_size)[0]
+    ns = loops.predict(predict, kept, normal_images, source.bank, config.batch_size)[0]
     threshold = calibration.conformal_threshold(ns, config.fit.quantile)
     threshold["rule"] = (f"recalibrated after adaptation: split-conformal quantile "
                          f"{config.fit.quantile} of {len(normals)} normal images of "

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, loops
 
 FLAGS = [cli.Flag("model", "the model directory to write", required=True),
          cli.Flag("overwrite", "replace a model fitted with another config (true/false)", "false")]
@@ -162,7 +162,7 @@ def main(argv):
   if c.fit.calibration_fraction > 0:
     keep, held = calibration_split(n, c.fit.calibration_fraction, c.seed)
     cal_bank = train.fit_bank(c, feats[keep], "calibration ")
-    held_scores = patchcore.batched(lambda _, x: scorer(x, cal_bank.bank)[0], None,
+    held_scores = loops.batched(lambda _, x: scorer(x, cal_bank.bank)[0], None,
                                     feats[held], c.batch_size)
     median = float(np.median(held_scores))
     cal = {"n_calibration": len(held), "calibration_images": [ds.train.names[i] for i in held],
@@ -176,7 +176,7 @@ def main(argv):
     imgs = data.load_many(paths, c.data.resize)
     predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma, c.scoring.chunk,
                                      c.scoring.reweight)
-    scores = patchcore.predict(predict, variables, imgs, bank.bank, c.batch_size,
+    scores = loops.predict(predict, variables, imgs, bank.bank, c.batch_size,
                                progress=tqdm, desc="validation scores")[0]
     thr = calibration.f1_threshold(labels, scores)
     thr["rule"] = f"F1-optimal on {len(paths)} labelled images of {c.fit.validation}"

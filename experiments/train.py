@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments import cli, tta
+from experiments import cli, loops, tta
 from experiments import workdir as workdir_lib
 from rodajax import (adapt, augment, backbones, data, features, metrics, patchcore, points,
                      report)
@@ -135,7 +135,7 @@ def _taps(config):
 def train_features(config, ds, variables, extract, timing) -> np.ndarray:
   """Patch features `[N, h, w, D]` of `ds.train` (jitted extractor, fixed batches)."""
   t = time.perf_counter()
-  feats = patchcore.batched(jax.jit(extract), variables, ds.train.images, config.batch_size,
+  feats = loops.batched(jax.jit(extract), variables, ds.train.images, config.batch_size,
                             progress=tqdm, desc=f"{ds.category}: train features")
   timing["train_features_s"] = time.perf_counter() - t
   timing["features_img_per_s"] = len(ds.train) / timing["train_features_s"]
@@ -227,7 +227,7 @@ def shifted_images(images, shift, severity, seed, batch):
   if images.ndim == 3:
     return shifted_points(images, shift, severity, seed, batch)[0]
   from rodajax import corruptions
-  return corruptions.apply_batched(shift, images, severity, _shift_key(shift, severity, seed),
+  return loops.corrupt(shift, images, severity, _shift_key(shift, severity, seed),
                                    batch)
 
 
@@ -384,7 +384,7 @@ class Context:
 
   def evaluate(self, variables, source, images, test_eval, masks, desc, regions=None):
     c = self.config
-    scores, maps = patchcore.predict(self.predict, variables, images, source.bank, c.batch_size,
+    scores, maps = loops.predict(self.predict, variables, images, source.bank, c.batch_size,
                                      progress=tqdm, desc=desc)
     finite = bool(np.all(np.isfinite(scores)))
     m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rodajax import backbones, cluster, metrics, report, uda
+from experiments import loops
 from experiments import workdir as workdir_lib
 from experiments.train import ConfigError
 from rodajax.data import domains, images, parse_categories
@@ -133,7 +134,7 @@ class FeatureCache:
     return d[what][[d["pos"][p] for p in paths]]
 
 
-def dominant_set(method, config, split, cache, model, variables, key, target):
+def dominant_set(method, config, split, cache, model, variables, key, target, embed_fn):
   """D (bool over the target train set) for `method`; None for source_only."""
   n = len(split.target_train)
   lab = split.target_train_labels
@@ -144,13 +145,14 @@ def dominant_set(method, config, split, cache, model, variables, key, target):
   if method == "oracle":
     return lab == 0
   if method == "few_shot":
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2 ** 31 - 1)))
     normal = np.flatnonzero(lab == 0)
     d = np.zeros(n, bool)
-    d[rng.choice(normal, min(config.uda.few_shot_k, len(normal)), replace=False)] = True
+    d[np.asarray(jax.random.choice(key, normal, (min(config.uda.few_shot_k, len(normal)),),
+                                   replace=False))] = True
     return d
   if method == "cluster_f" or config.uda.psi == "f":
-    feats = uda.embed(model, variables, cache.take(target, split.target_train))
+    feats = loops.embed(embed_fn, variables, cache.take(target, split.target_train),
+                        model.out_dim)
   else:
     feats = cache.take(target, split.target_train, "psi")
   return cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster)
@@ -163,8 +165,34 @@ def settings(config, method) -> uda.Settings:
                       steps=u.steps, batch=u.batch, trainable=u.trainable, grl_scale=u.grl_scale)
 
 
-def run_one(config, cache, split, method, seed, target):
-  """Trains and scores one (split, method, seed); returns the record's numbers."""
+class StepFunctions:
+  """The jitted UDA steps and embeddings, built once per experiment and reused across runs."""
+
+  def __init__(self):
+    self._steps, self._embeds = {}, {}
+
+  def embed(self, model: uda.Model):
+    """Jitted `uda.make_embed(model)`."""
+    key = (model.width, model.depth, model.start_block, model.out_dim)
+    if key not in self._embeds:
+      self._embeds[key] = jax.jit(uda.make_embed(model))
+    return self._embeds[key]
+
+  def step(self, model: uda.Model, s: uda.Settings, params_template):
+    """`(step, embed, optimizer)` for `model` and settings `s` (`loops.train_uda`'s `fns`)."""
+    key = (model.width, model.depth, model.start_block, model.out_dim, s)
+    if key not in self._steps:
+      step, opt = uda.make_step(model, s, params_template)
+      self._steps[key] = (jax.jit(step), self.embed(model), opt)
+    return self._steps[key]
+
+
+def run_one(config, cache, split, method, seed, target, fns: StepFunctions | None = None):
+  """Trains and scores one (split, method, seed); returns the record's numbers.
+
+  `fns` (a `StepFunctions`) reuses compiled steps across runs.
+  """
+  fns = fns or StepFunctions()
   key = jax.random.key(seed)
   k_init, k_dom, k_train = jax.random.split(key, 3)
   src, tgt = config.data.source, target
@@ -173,9 +201,12 @@ def run_one(config, cache, split, method, seed, target):
   hte = cache.take(tgt, split.target_test)
   model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
                                     k_init, hs)
-  dom = dominant_set(method, config, split, cache, model, variables, k_dom, tgt)
-  v, mu, info = uda.train(model, variables, hs, ht, dom, settings(config, method), k_train)
-  s = uda.scores(model, v, hte, mu)
+  s_run = settings(config, method)
+  dom = dominant_set(method, config, split, cache, model, variables, k_dom, tgt, fns.embed(model))
+  step_fns = fns.step(model, s_run, uda.init_params(model, variables, k_init))
+  v, mu, info = loops.train_uda(model, step_fns, variables, hs, ht, dom, s_run, k_train)
+  z = loops.embed(step_fns[1], v, hte, model.out_dim)
+  s = np.sum((z - mu) ** 2, axis=1)
   lab = split.target_train_labels
   out = {"auc": metrics.auroc(split.target_test_labels, s), **info,
          "n_source": len(hs), "n_target_train": len(ht), "n_target_test": len(hte),
@@ -200,6 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     return run.records
   records, done = run.records, run.done
   cache = FeatureCache(config, workdir, index)
+  fns = StepFunctions()
   computed = 0
   for t, c, seed, m in tqdm(jobs, desc="uda runs"):
     rec = {"dataset": config.data.dataset_name, "source": config.data.source, "target": t,
@@ -211,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                                config.data.max_test_per_class or None,
                                config.data.max_source or None, config.data.min_images)
     t0 = time.perf_counter()
-    rec.update(run_one(config, cache, split, m, seed, t))
+    rec.update(run_one(config, cache, split, m, seed, t, fns))
     rec.update({"alignment": None if m == "source_only" else config.uda.alignment,
                 "contamination": config.data.contamination, "seconds": time.perf_counter() - t0})
     records.append(rec)

@@ -105,10 +105,15 @@ class Settings:
 
 
 class Source(NamedTuple):
-  """The source side of every loss: `bank [M, D]`, feature `mean [D]`, `cov [D, D]`."""
+  """The source side of every loss: `bank [M, D]`, feature `mean [D]`, `cov [D, D]`.
+
+  `valid [M]` (bool, optional) marks the real rows of a bank padded for
+  `jax.vmap` across classes (`scoring.pad_banks`); None = every row.
+  """
   bank: jax.Array
   mean: jax.Array
   cov: jax.Array
+  valid: jax.Array | None = None
 
 
 class AdaptState(NamedTuple):
@@ -138,6 +143,36 @@ def split_bn(params):
           {k: v for k, v in flat.items() if labels[k] != "bn"})
 
 
+def class_axes(params) -> Any:
+  """`jax.vmap` axes for classes sharing one backbone: 0 on BatchNorm affine leaves, None elsewhere.
+
+  Classes adapted together differ only in BatchNorm affine parameters and
+  statistics; the frozen weights are held once, not stacked per class (less
+  memory, and the convolutions stay the unbatched ones: the same numbers as
+  one class at a time).
+  """
+  return jax.tree.map(lambda lab: 0 if lab == "bn" else None, bn_labels(params))
+
+
+def stack_classes(variables: list[dict]) -> dict:
+  """Per-class variables of one backbone -> one tree for `class_axes`-vmapped functions.
+
+  BatchNorm affine leaves and `batch_stats` get a leading class axis; every
+  other leaf is taken from the first class (they are the shared frozen weights).
+  """
+  stack = lambda *a: jnp.stack(a)
+  bn = jax.tree.map(stack, *[split_bn(v["params"])[0] for v in variables])
+  return {"params": with_bn(variables[0]["params"], bn),
+          "batch_stats": jax.tree.map(stack, *[v["batch_stats"] for v in variables])}
+
+
+def unstack_class(variables: dict, i: int) -> dict:
+  """Class `i`'s variables from a `stack_classes` tree."""
+  bn = {k: v[i] for k, v in split_bn(variables["params"])[0].items()}
+  return {"params": with_bn(variables["params"], bn),
+          "batch_stats": jax.tree.map(lambda a: a[i], variables["batch_stats"])}
+
+
 def with_bn(params, bn_flat: dict) -> Any:
   """`params` with its BatchNorm affine leaves replaced by `bn_flat` (a `split_bn` dict)."""
   return traverse_util.unflatten_dict({**traverse_util.flatten_dict(params), **bn_flat})
@@ -156,14 +191,35 @@ def init_state(variables: dict, optimizer: optax.GradientTransformation) -> Adap
                     optimizer.init(variables["params"]))
 
 
-def transport_problem(z: jax.Array, bank: jax.Array, key: jax.Array, settings: Settings):
+def check_class_banks(settings: Settings, sizes) -> None:
+  """Refuses class-stacked (padded) banks the step cannot draw from like the unpadded ones.
+
+  `sizes`: the real rows of each class's bank. OT and Hungarian methods draw
+  `bank_patches` (`hungarian_patches`) entries per problem; with banks of
+  different sizes every bank needs at least that many rows.
+  """
+  sizes = [int(x) for x in sizes]
+  kind = METHODS[settings.method][0]
+  if len(set(sizes)) <= 1 or kind in (None, "moment", "kl"):
+    return
+  need = settings.hungarian_patches if kind == "hungarian" else settings.bank_patches
+  if need <= 0 or min(sizes) < need:
+    raise ValueError(
+        f"classes stacked for vmap have memory banks of {min(sizes)}..{max(sizes)} rows; "
+        f"{settings.method} draws {'the whole bank' if need <= 0 else need} per problem. Set "
+        f"adapt.{'hungarian_patches' if kind == 'hungarian' else 'bank_patches'} to at most "
+        f"{min(sizes)}, or adapt the classes one by one")
+
+
+def transport_problem(z: jax.Array, bank: jax.Array, key: jax.Array, settings: Settings,
+                      valid: jax.Array | None = None):
   """One step's transport problem: `(zs [n, D], bank_s [m, D], target_idx [n], potentials)`.
 
   `z [N, D]` are all target patches of all views. Subsets are drawn by
   `transport.balanced_subsets`; the potentials are not differentiated.
   """
   t_idx, b_idx = transport.balanced_subsets(key, z.shape[0], bank.shape[0],
-                                            settings.target_patches, settings.bank_patches)
+                                            settings.target_patches, settings.bank_patches, valid)
   zs = z[t_idx]
   bs = bank if b_idx is None else bank[b_idx]
   online = zs.shape[0] * bs.shape[0] > settings.online_above
@@ -189,10 +245,11 @@ def method_loss(z: jax.Array, source: Source, key: jax.Array,
     return losses.gaussian_kl(z, source.mean, source.cov, settings.kl_reg), {}
   if kind == "hungarian":
     n = min(settings.hungarian_patches, z.shape[0], source.bank.shape[0])
-    t_idx, b_idx = transport.balanced_subsets(key, z.shape[0], source.bank.shape[0], n, n)
+    t_idx, b_idx = transport.balanced_subsets(key, z.shape[0], source.bank.shape[0], n, n,
+                                              source.valid)
     bs = source.bank if b_idx is None else source.bank[b_idx]
     return transport.hungarian_loss(z[t_idx], bs), {}
-  zs, bs, _, pot = transport_problem(z, source.bank, key, settings)
+  zs, bs, _, pot = transport_problem(z, source.bank, key, settings, source.valid)
   metrics = {"sinkhorn_iters": pot.n_iters, "sinkhorn_converged": pot.converged,
              "sinkhorn_error": pot.error, "n_target": zs.shape[0], "n_bank": bs.shape[0]}
   if kind == "continuous":
@@ -235,10 +292,13 @@ def make_step(settings: Settings, extract: Callable, optimizer: optax.GradientTr
     grads = traverse_util.unflatten_dict(
         {**g_bn, **jax.tree.map(jnp.zeros_like, frozen_flat)})
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    new = AdaptState(optax.apply_updates(state.params, updates), state.batch_stats, opt_state)
+    new_bn = split_bn(optax.apply_updates(state.params, updates))[0]
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
-        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new.params)]))
-    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_bn)]))
+    keep = lambda a, b: jnp.where(finite, a, b)
+    # Frozen leaves pass through untouched (bit-identical, and unbatched under a class vmap).
+    new = AdaptState(with_bn(state.params, jax.tree.map(keep, new_bn, bn_flat)), state.batch_stats,
+                     jax.tree.map(keep, opt_state, state.opt_state))
     return new, {"loss": loss, "finite": finite, **metrics}
 
   return step
@@ -278,9 +338,9 @@ def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Se
     nn: the mean nearest-neighbour distance to the whole bank (PatchCore's
       patch score, averaged).
   """
-  zs, bs, _, pot = transport_problem(z, source.bank, key, settings)
+  zs, bs, _, pot = transport_problem(z, source.bank, key, settings, source.valid)
   row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g, chunk=settings.chunk)
-  nn = scoring.nearest_distances(z, source.bank, chunk=settings.chunk)
+  nn = scoring.nearest_distances(z, source.bank, settings.chunk, source.valid)
   return {"transport": transport.discrete_loss(zs, bs, row, col), "nn": jnp.mean(nn)}
 
 
@@ -300,7 +360,7 @@ def assignment_analysis(z: jax.Array, labels: jax.Array, source: Source, key: ja
   if kind not in ("continuous", "discrete"):
     raise ValueError(f"assignment analysis needs an OT method, not {settings.method!r}; use "
                      "sinkhorn, discrete, discrete_copy or roda")
-  zs, bs, t_idx, pot = transport_problem(z, source.bank, key, settings)
+  zs, bs, t_idx, pot = transport_problem(z, source.bank, key, settings, source.valid)
   lab = labels[t_idx]
   n = zs.shape[0]
   if kind == "continuous":

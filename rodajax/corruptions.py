@@ -234,14 +234,3 @@ def corrupt(images: jax.Array, name: str, severity: int, key: jax.Array) -> jax.
   """Applies corruption `name` at `severity` (1-5): `[B,H,W,3]` [0,255] -> float32 [0,255]."""
   check(name, severity)
   return CORRUPTIONS[name](images, severity, key)
-
-
-def apply_batched(name: str, images: np.ndarray, severity: int, key: jax.Array,
-                  batch: int = 16) -> np.ndarray:
-  """Corrupts uint8 images `[N,H,W,3]` in batches; returns uint8 (truncated, as ImageNet-C)."""
-  check(name, severity)
-  out = []
-  for i, s in enumerate(range(0, len(images), batch)):
-    y = corrupt(jnp.asarray(images[s:s + batch]), name, int(severity), jax.random.fold_in(key, i))
-    out.append(np.asarray(y).astype(np.uint8))
-  return np.concatenate(out)

@@ -1,8 +1,7 @@
 """PatchCore composed from the pure pieces: features -> coreset -> scoring.
 
-The functions here drive jitted steps over batches (fixed batch shape, the
-last batch padded, so one compilation serves all); they do no file I/O. Pass
-`progress` (e.g. `tqdm`) to see long loops advance.
+Pure and jit-able: the loops that drive them over batches of images are
+`experiments.loops.batched` / `experiments.loops.predict`.
 """
 from __future__ import annotations
 
@@ -13,32 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rodajax import coreset, scoring
-
-
-def _identity(it: Iterable, **_) -> Iterable:
-  return it
-
-
-def batched(fn: Callable, variables, images: np.ndarray, batch: int,
-            progress: Callable = _identity, desc: str = "") -> np.ndarray:
-  """Applies jitted `fn(variables, images[batch])` over `images` in fixed-size batches.
-
-  The last batch is padded by repeating its last image and the padding is cut
-  from the results. `fn` may return an array or a tuple of arrays; the result
-  has the same structure, concatenated along axis 0.
-  """
-  n = len(images)
-  out = []
-  for s in progress(range(0, n, batch), desc=desc, total=-(-n // batch)):
-    x = images[s:s + batch]
-    m = len(x)
-    if m < batch:
-      x = np.concatenate([x, np.repeat(x[-1:], batch - m, axis=0)])
-    out.append(jax.tree.map(lambda a: np.asarray(a)[:m], fn(variables, jnp.asarray(x))))
-  if not out:
-    return np.zeros((0,))
-  return jax.tree.map(lambda *a: np.concatenate(a), *out)
+from rodajax import adapt, coreset, scoring
 
 
 @dataclasses.dataclass
@@ -71,14 +45,18 @@ def fit_memory_bank(train_features: np.ndarray, key: jax.Array, ratio: float | N
 
 
 def make_scorer(crop: int, sigma: float = 4.0, chunk: int = 2048, reweight: int = 0) -> Callable:
-  """`f(features [B, h, w, D], bank [k, D]) -> (image_scores [B], maps [B, crop, crop])`, jit-able."""
+  """`f(features [B, h, w, D], bank [k, D], valid=None) -> (image_scores [B], maps [B, crop, crop])`.
 
-  def score(features, bank):
+  Jit-able and vmap-able across classes (`valid [k]` masks a padded bank,
+  `scoring.pad_banks`).
+  """
+
+  def score(features, bank, valid=None):
     if reweight:    # Eq. 7 needs each patch's nearest bank entry
-      s, idx = scoring.patch_scores(features, bank, chunk=chunk)
-      img = scoring.reweighted_image_scores(features, s, idx, bank, reweight)
+      s, idx = scoring.patch_scores(features, bank, chunk, valid)
+      img = scoring.reweighted_image_scores(features, s, idx, bank, reweight, valid)
     else:
-      s = scoring.patch_distances(features, bank, chunk=chunk)
+      s = scoring.patch_distances(features, bank, chunk, valid)
       img = scoring.image_scores(s)
     return img, scoring.anomaly_maps(s, crop, sigma)
   return score
@@ -95,11 +73,18 @@ def make_predict(extract: Callable, crop: int, sigma: float = 4.0, chunk: int = 
   return jax.jit(lambda v, bank, x: scorer(extract(v, x), bank))
 
 
-def predict(step: Callable, variables, images: np.ndarray, bank: np.ndarray, batch: int = 16,
-            progress: Callable = _identity, desc: str = "score"):
-  """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`.
+def make_class_predict(extract: Callable, params, crop: int, sigma: float = 4.0,
+                       chunk: int = 2048, reweight: int = 0) -> Callable:
+  """`make_predict` vmapped across classes, jitted once.
 
-  `step` is a `make_predict` function.
+  `f(variables, banks [C, M, D], valid [C, M], images [C, B, R, R, 3])
+  -> (scores [C, B], maps [C, B, crop, crop])`. `variables` is an
+  `adapt.stack_classes` tree (per-class BatchNorm affine parameters and
+  statistics, the frozen weights of `params`' structure shared); banks are
+  padded to a common size (`scoring.pad_banks`). Equal to calling
+  `make_predict` class by class (tests/test_multiclass.py).
   """
-  bank = jnp.asarray(bank)
-  return batched(lambda v, x: step(v, bank, x), variables, images, batch, progress, desc)
+  scorer = make_scorer(crop, sigma, chunk, reweight)
+  axes = {"params": adapt.class_axes(params), "batch_stats": 0}
+  return jax.jit(jax.vmap(lambda v, bank, valid, x: scorer(extract(v, x), bank, valid),
+                          in_axes=(axes, 0, 0, 0)))

@@ -138,7 +138,8 @@ def sinkhorn_online(x: jax.Array, y: jax.Array, epsilon: float = 0.1,
   return Potentials(f, g, eps, err <= threshold, it, err)
 
 
-def balanced_subsets(key: jax.Array, n_total: int, m_total: int, n: int = 0, m: int = 0):
+def balanced_subsets(key: jax.Array, n_total: int, m_total: int, n: int = 0, m: int = 0,
+                     bank_valid: jax.Array | None = None):
   """Indices of the target patches and bank entries that enter one transport problem.
 
   `n` (`m`) = 0 keeps all `n_total` target patches (`m_total` bank entries);
@@ -146,14 +147,27 @@ def balanced_subsets(key: jax.Array, n_total: int, m_total: int, n: int = 0, m: 
   two uniform marginals have as many atoms each, so row-argmax pairs (one per
   target patch) and column-argmax pairs (one per bank entry) weigh alike in
   Eq. 6. Returns `(target_idx [n'], bank_idx [m'] or None for the whole bank)`.
+
+  Bank entries are the `m` largest of `m_total` uniform keys drawn with one
+  key: the keys of the first rows do not depend on `m_total`, so a bank padded
+  for `jax.vmap` across classes (`bank_valid [m_total]`, False = padding,
+  never drawn) gives the same entries as the unpadded bank. A padded bank needs
+  `m` > 0 and at least `m` valid rows (the caller checks: `check_padded`).
   """
   k_t, k_b = jax.random.split(key)
   n = n_total if n <= 0 else min(n, n_total)
+  if bank_valid is not None and m <= 0:
+    raise ValueError("a padded memory bank (classes stacked for vmap) needs bank_patches > 0: "
+                     "the whole-bank problem would include the padding")
   m = m_total if m <= 0 else min(m, m_total)
   t_idx = (jnp.arange(n_total) if n == n_total
            else jax.random.choice(k_t, n_total, (n,), replace=False))
-  b_idx = None if m == m_total else jax.random.choice(k_b, m_total, (m,), replace=False)
-  return t_idx, b_idx
+  if m == m_total and bank_valid is None:
+    return t_idx, None
+  u = jax.random.uniform(k_b, (m_total,))
+  if bank_valid is not None:
+    u = jnp.where(bank_valid, u, -1.0)
+  return t_idx, lax.top_k(u, m)[1]
 
 
 def plan_diagnostics(x: jax.Array, y: jax.Array, row: jax.Array, col: jax.Array) -> dict:
@@ -286,7 +300,8 @@ def hungarian_loss(z: jax.Array, bank_sub: jax.Array) -> jax.Array:
   """Mean C over the Hungarian matching of `z [n, D]` to `bank_sub [n, D]` (host solver)."""
   c = lax.stop_gradient(euclidean_cost(z, bank_sub))
   assign = jax.pure_callback(hungarian_assignment,
-                             jax.ShapeDtypeStruct((z.shape[0],), jnp.int32), c)
+                             jax.ShapeDtypeStruct((z.shape[0],), jnp.int32), c,
+                             vmap_method="sequential")
   diff = z - lax.stop_gradient(bank_sub)[assign]
   return jnp.mean(jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12)))
 

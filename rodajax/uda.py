@@ -9,7 +9,7 @@ Model f (Eq. 5's feature map): a pretrained EfficientNet-Lite split in two.
 BatchNorm uses its running statistics (no batch dependence, so no
 statistics-based shortcut to a constant output).
 
-Training (Adam, `train`): L = lambda1 * L_AD + lambda2 * L_UDA with
+Training (Adam, `make_step`; the loop is `experiments.uda_train.train`): L = lambda1 * L_AD + lambda2 * L_UDA with
   L_AD  = mean_s ||f(x_s) - mu||^2, mu = mean of f over the source at init (Eq. 5);
   L_UDA = one of
     contrastive  Eqs. 8-9 (`losses.contrastive_alignment`): source vs target
@@ -125,26 +125,13 @@ class Settings:
   grl_scale: float = 1.0
 
 
-_CACHE: dict = {}
-
-
-def _model_key(model: Model):
-  return (model.width, model.depth, model.start_block, model.out_dim)
-
-
-def cached_step(model: Model, s: Settings, params_template):
-  """`make_step` memoised on (model shape, settings): one compilation per configuration."""
-  key = ("step", _model_key(model), s)
-  if key not in _CACHE:
-    _CACHE[key] = make_step(model, s, params_template)
-  return _CACHE[key]
-
-
 def make_step(model: Model, s: Settings, params_template):
-  """Jitted `step(params, opt_state, stats, hs, ht, dom, mu) -> (params, opt_state, aux)`.
+  """`(step, optimizer)`: the pure update of Eq. 5 + the alignment loss; jit it once.
 
+  `step(params, opt_state, stats, hs, ht, dom, mu) -> (params, opt_state, aux)`.
   `params` = {"model": ..., "disc": ...}; `hs [B, ...]` source trunk features,
-  `ht [B, ...]` target trunk features with `dom [B]` bool (in D).
+  `ht [B, ...]` target trunk features with `dom [B]` bool (in D). The loop
+  (batch order, logging) is `experiments.uda_train.train`.
   """
   if s.alignment not in ALIGNMENTS + ("none",):
     raise ValueError(f"unknown uda.alignment {s.alignment!r}; known: none, {', '.join(ALIGNMENTS)}")
@@ -172,7 +159,6 @@ def make_step(model: Model, s: Settings, params_template):
       l_uda = jnp.sum(w * optax.sigmoid_binary_cross_entropy(logits, y)) / jnp.sum(w)
     return s.lambda_ad * l_ad + s.lambda_uda * l_uda, {"l_ad": l_ad, "l_uda": l_uda}
 
-  @jax.jit
   def step(params, opt_state, stats, hs, ht, dom, mu):
     (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, stats, hs, ht, dom, mu)
     upd, opt_state = opt.update(g, opt_state, params)
@@ -181,65 +167,45 @@ def make_step(model: Model, s: Settings, params_template):
   return step, opt
 
 
-def embed(model: Model, variables, h: np.ndarray, batch: int = 64) -> np.ndarray:
-  """f(x) `[N, out_dim]` of trunk features `h [N, ...]`, in batches."""
-  key = ("embed", _model_key(model))
-  if key not in _CACHE:
-    _CACHE[key] = jax.jit(lambda v, x: model.apply(v, x))
-  fn = _CACHE[key]
-  out = [np.asarray(fn(variables, jnp.asarray(h[i:i + batch]))) for i in range(0, len(h), batch)]
-  return np.concatenate(out) if out else np.zeros((0, model.out_dim), np.float32)
+def make_embed(model: Model) -> Callable:
+  """Jit-able `embed(variables, h [B, ...]) -> f(x) [B, out_dim]`."""
+  return lambda variables, h: model.apply(variables, h)
 
 
-def scores(model: Model, variables, h: np.ndarray, mu: np.ndarray) -> np.ndarray:
-  """Anomaly scores ||f(x) - mu||^2 `[N]`."""
-  z = embed(model, variables, h)
-  return np.sum((z - mu) ** 2, axis=1)
+def init_params(model: Model, variables: dict, key: jax.Array) -> dict:
+  """The trained tree of `make_step`: `{"model": f's params, "disc": a fresh discriminator}`."""
+  disc = Discriminator().init(key, jnp.zeros((1, model.out_dim)))["params"]
+  return {"model": variables["params"], "disc": disc}
 
 
-def train(model: Model, variables, hs: np.ndarray, ht: np.ndarray, dominant: np.ndarray,
-          s: Settings, key: jax.Array, progress: Callable | None = None):
-  """Trains f; returns `(variables, mu, info)`.
+def batch_indices(key: jax.Array, n_source: int, dominant: np.ndarray, batch: int,
+                  alignment: str) -> tuple[jax.Array, jax.Array]:
+  """One step's `(source_idx [b_s], target_idx [b_t])`, drawn with `key`.
 
-  Args:
-    hs: source trunk features `[N_s, ...]`; ht: target train trunk features
-      `[N_t, ...]`; dominant: `[N_t]` bool, the set D aligned with the source
-      (dominant cluster, few-shot labels, oracle normals, or all).
+  Without replacement when there are enough samples. For the contrastive loss
+  half of the target batch comes from D and half from outside it (the
+  negatives of Eq. 8), when both exist. `dominant` is a host `[N_t]` bool.
   """
-  chex.assert_equal(len(ht), len(dominant))
-  z0 = embed(model, variables, hs)
-  mu = jnp.asarray(z0.mean(0))
-  var0 = float(z0.var(0).sum())
-  k_disc, k_loop = jax.random.split(key)
-  params = {"model": variables["params"],
-            "disc": Discriminator().init(k_disc, jnp.zeros((1, model.out_dim)))["params"]}
-  step, opt = cached_step(model, s, params)
-  opt_state = opt.init(params)
-  rng = np.random.default_rng(int(jax.random.randint(k_loop, (), 0, 2 ** 31 - 1)))
+  k_s, k_d, k_r = jax.random.split(key, 3)
+  i_s = jax.random.choice(k_s, n_source, (min(batch, n_source),), replace=n_source < batch)
   dom_idx, rest_idx = np.flatnonzero(dominant), np.flatnonzero(~dominant)
-  hist = []
-  it = range(s.steps) if progress is None else progress(range(s.steps), desc="uda", leave=False)
-  for _ in it:
-    i_s = rng.choice(len(hs), min(s.batch, len(hs)), replace=len(hs) < s.batch)
-    if s.alignment == "contrastive" and len(rest_idx) and len(dom_idx):
-      # half the target batch from D, half from outside it (the negatives)
-      nb = s.batch // 2
-      i_t = np.r_[rng.choice(dom_idx, nb, replace=len(dom_idx) < nb),
-                  rng.choice(rest_idx, s.batch - nb, replace=len(rest_idx) < s.batch - nb)]
-    else:
-      i_t = rng.choice(len(ht), min(s.batch, len(ht)), replace=len(ht) < s.batch)
-    params, opt_state, aux = step(params, opt_state, variables["batch_stats"],
-                                  jnp.asarray(hs[i_s]), jnp.asarray(ht[i_t]),
-                                  jnp.asarray(dominant[i_t]), mu)
-    hist.append({k: float(v) for k, v in aux.items()})
-    if not np.isfinite(hist[-1]["loss"]):
-      raise FloatingPointError(f"non-finite UDA loss at step {len(hist) - 1}; lower uda.lr")
-  out = {"params": params["model"], "batch_stats": variables["batch_stats"]}
-  z1 = embed(model, out, hs)
-  info = {"loss_first": hist[0]["loss"], "loss_last": hist[-1]["loss"],
-          "l_ad_first": hist[0]["l_ad"], "l_ad_last": hist[-1]["l_ad"],
-          "var_ratio": float(z1.var(0).sum()) / max(var0, 1e-12)}
+  n_t = len(dominant)
+  if alignment == "contrastive" and len(rest_idx) and len(dom_idx):
+    nb = batch // 2
+    i_t = jnp.concatenate([
+        jax.random.choice(k_d, dom_idx, (nb,), replace=len(dom_idx) < nb),
+        jax.random.choice(k_r, rest_idx, (batch - nb,), replace=len(rest_idx) < batch - nb)])
+  else:
+    i_t = jax.random.choice(k_d, n_t, (min(batch, n_t),), replace=n_t < batch)
+  return i_s, i_t
+
+
+def training_info(hist: dict, var0: float, var1: float) -> dict:
+  """Summary of a run from its stacked step metrics `hist` (host arrays) and feature variances."""
+  info = {"loss_first": float(hist["loss"][0]), "loss_last": float(hist["loss"][-1]),
+          "l_ad_first": float(hist["l_ad"][0]), "l_ad_last": float(hist["l_ad"][-1]),
+          "var_ratio": var1 / max(var0, 1e-12)}
   if info["var_ratio"] < 1e-2:
     info["warning"] = (f"feature variance fell to {info['var_ratio']:.1e} of its initial value: "
                        "hypersphere collapse; lower uda.lr or uda.steps")
-  return out, np.asarray(mu), info
+  return info

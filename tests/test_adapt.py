@@ -8,9 +8,9 @@ import pytest
 from scipy.stats import spearmanr
 
 from configs import base
-from experiments import train, tta
+from experiments import loops, train, tta
 from helpers import plant_defect, texture
-from rodajax import adapt, backbones, corruptions, features, metrics, patchcore, transport
+from rodajax import adapt, backbones, features, metrics, patchcore, transport
 
 S = 64
 
@@ -28,7 +28,7 @@ def setup():
   labels = np.array([0] * 8 + [1] * 8)
   module, variables = backbones.create("efficientnet_lite0", "pretrained", taps=("stage3", "stage5"))
   extract = features.make_extractor(module, ("stage3", "stage5"), S)
-  f = patchcore.batched(jax.jit(extract), variables, train_imgs, 4)
+  f = loops.batched(jax.jit(extract), variables, train_imgs, 4)
   bank = patchcore.fit_memory_bank(f, jax.random.key(0), ratio=0.5, proj_dim=None)
   clean_test = np.stack(good + bad)
   clean_target = np.stack([texture(rng, S) for _ in range(12)])
@@ -43,7 +43,7 @@ def setup():
 
 
 def _scores(s, v, images):
-  return patchcore.predict(s["predict"], v, images, s["bank"].bank, 8)[0]
+  return loops.predict(s["predict"], v, images, s["bank"].bank, 8)[0]
 
 
 def _run(s, method, images, cfg_adapt=None, key=0):
@@ -56,8 +56,8 @@ def _run(s, method, images, cfg_adapt=None, key=0):
 def test_roda_recovers_more_than_bn_stats_and_none_under_a_covariate_shift(setup):
   s = setup
   # Contrast at severity 5 is a per-channel affine change of the input: a BatchNorm covariate shift.
-  test = corruptions.apply_batched("contrast", s["clean_test"], 5, jax.random.key(1), 8)
-  target = corruptions.apply_batched("contrast", s["clean_target"], 5, jax.random.key(2), 8)
+  test = loops.corrupt("contrast", s["clean_test"], 5, jax.random.key(1), 8)
+  target = loops.corrupt("contrast", s["clean_target"], 5, jax.random.key(2), 8)
   cfg = s["cfg"].adapt.copy_and_resolve_references()
   cfg.epochs = 3
   auroc = {}
@@ -114,7 +114,7 @@ def test_transport_problem_stays_balanced_in_the_default_regime(setup):
   column pairs dominate.
   """
   s = setup
-  target = corruptions.apply_batched("brightness", s["clean_target"][:8], 5, jax.random.key(3), 8)
+  target = loops.corrupt("brightness", s["clean_target"][:8], 5, jax.random.key(3), 8)
   z = s["extract"](s["variables"], jnp.asarray(target)).reshape(-1, 152)
   src = s["source"]
 

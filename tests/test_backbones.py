@@ -192,3 +192,29 @@ def test_safetensors_roundtrip(tmp_path):
   sd = load_state_dict(tmp_path / "x.safetensors")
   for k, v in arrays.items():
     np.testing.assert_array_equal(sd[k], v)
+
+
+def test_depthwise_switch_gives_the_same_network(lite0):
+  """Shifted sums (CPU) and the grouped lax.conv (accelerators): equal outputs and gradients."""
+  from rodajax.backbones import efficientnet
+  module, variables = lite0
+  assert efficientnet.depthwise_impl("auto") == ("shifted" if jax.default_backend() == "cpu"
+                                                 else "conv")
+  with pytest.raises(ValueError, match="unknown depthwise implementation 'cudnn'"):
+    efficientnet.depthwise_impl("cudnn")
+  x = jnp.asarray(make_images(2, 96), jnp.float32)
+  x = (x - x.mean()) / (x.std() + 1e-6)
+  out, grads = {}, {}
+  for impl in ("shifted", "conv"):
+    m = module.clone(depthwise=impl, taps=("stage3", "stage5"))
+
+    def loss(params):
+      y = m.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=False)
+      return jnp.sum(y["stage5"] ** 2) + jnp.sum(y["stage3"]), y
+    (_, out[impl]), grads[impl] = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  for tap in ("stage3", "stage5"):
+    np.testing.assert_allclose(out["shifted"][tap], out["conv"][tap], rtol=1e-4, atol=1e-4)
+  for (k, a), (_, b) in zip(sorted(traverse_util.flatten_dict(grads["shifted"]).items()),
+                            sorted(traverse_util.flatten_dict(grads["conv"]).items())):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(np.abs(b).max()) + 1e-6,
+                               err_msg="/".join(k))

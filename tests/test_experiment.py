@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, shared_path
 from helpers import plant_defect, texture, write_mvtec
-from experiments import train
+from experiments import loops, train
 from configs import mvtec as mvtec_config
 
 
@@ -71,9 +71,9 @@ def test_anomaly_map_peaks_on_planted_defect(tmp_path):
   ds = data.load(c.data, "widget")
   m, v = backbones.create("efficientnet_lite0", "pretrained")
   ext = features.make_extractor(m, ("stage3", "stage5"), 128)
-  f = patchcore.batched(jax.jit(ext), v, ds.train.images, 4)
+  f = loops.batched(jax.jit(ext), v, ds.train.images, 4)
   bank = patchcore.fit_memory_bank(f, jax.random.key(0), ratio=0.5)
-  scores, maps = patchcore.predict(patchcore.make_predict(ext, 128), v, ds.test.images,
+  scores, maps = loops.predict(patchcore.make_predict(ext, 128), v, ds.test.images,
                                    bank.bank, batch=2)
   assert scores[1] > scores[0]
   y, x = np.unravel_index(maps[1].argmax(), maps[1].shape)

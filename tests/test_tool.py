@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from conftest import ROOT
 from helpers import write_mvtec
 from experiments import adapt as adapt_cmd
-from experiments import cli, fit, predict, shift_folder, train
+from experiments import cli, fit, loops, predict, shift_folder, train
 from configs import elpv as elpv_config
 from configs import mvtec as mvtec_config
 from rodajax import patchcore, report
@@ -96,7 +96,7 @@ def test_fit_predict_equals_the_experiment_on_an_mvtec_folder(widget, tmp_path, 
   ds = train.data.load(config.data, "widget")
   bank, v = train.fit_or_restore(config, str(work), ds, module, variables, extract, {})
   step = patchcore.make_predict(extract, 64, config.scoring.sigma, config.scoring.chunk, 0)
-  scores = patchcore.predict(step, v, ds.test.images, bank.bank, 4)[0]
+  scores = loops.predict(step, v, ds.test.images, bank.bank, 4)[0]
   by_path = {r["path"]: float(r["score"]) for r in rows}
   np.testing.assert_allclose([by_path[p] for p in ds.test.names], scores, rtol=1e-6)
   labels = [int(os.path.basename(os.path.dirname(r["path"])) != "good") for r in rows]

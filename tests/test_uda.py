@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import ROOT
 from rodajax import backbones, cluster, losses, uda
 from rodajax.data import DataError, domains
+from experiments import loops, uda_train
 
 
 def test_contrastive_loss_hand_computed():
@@ -90,7 +91,9 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   hs = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   model, v = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs))
   s = uda.Settings(alignment="none", steps=15, batch=16, lr=1e-3)
-  v2, mu, info = uda.train(model, v, hs, hs[:8], np.zeros(8, bool), s, jax.random.key(1))
+  fns = uda_train.StepFunctions().step(model, s, uda.init_params(model, v, jax.random.key(2)))
+  v2, mu, info = loops.train_uda(model, fns, v, hs, hs[:8], np.zeros(8, bool), s,
+                                 jax.random.key(1))
   assert info["l_ad_last"] < 0.7 * info["l_ad_first"]
   assert info["var_ratio"] > 1e-2 and "warning" not in info
   # Only BN affine parameters and the head moved.
@@ -99,7 +102,7 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   labels = traverse_util.flatten_dict(uda.param_labels(v["params"]))
   assert all(np.array_equal(a[k], b[k]) for k in a if labels[k] == "frozen")
   assert any(not np.array_equal(a[k], b[k]) for k in a if k[0] == "head")
-  sc = uda.scores(model, v2, hs, mu)
+  sc = np.sum((loops.embed(fns[1], v2, hs, model.out_dim) - mu) ** 2, axis=1)
   assert sc.shape == (40,) and np.all(np.isfinite(sc))
 
 

@@ -20,7 +20,6 @@ Weights:
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 from typing import Any, Sequence
@@ -137,8 +136,7 @@ def torch_shapes(name: str) -> dict[str, tuple[int, ...]]:
   return {k: v.shape for k, v in flax_to_torch(zeros).items()}
 
 
-@functools.lru_cache(maxsize=8)
-def _load_converted(name: str, path: str, mtime: float):
+def _load_converted(name: str, path: str):
   if name == "pointnet":
     return pointnet.from_torch(load_state_dict(path), source=path)
   module = build(name)
@@ -172,6 +170,6 @@ def create(name: str, weights: str | os.PathLike | None = None, *,
     path = pretrained_path(name) if str(weights) == "pretrained" else os.fspath(weights)
     if not os.path.isfile(path):
       raise FileNotFoundError(f"weight file {path!r} for backbone {name} does not exist")
-    variables = _load_converted(name, os.path.abspath(path), os.path.getmtime(path))
+    variables = _load_converted(name, os.path.abspath(path))
   variables = jax.tree.map(jnp.asarray, variables)
   return module, {"params": variables["params"], "batch_stats": variables["batch_stats"]}

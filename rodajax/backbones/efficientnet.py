@@ -138,23 +138,52 @@ def _depthwise_bwd_vjp(stride, res, g):
 depthwise_conv_same.defvjp(_depthwise_fwd_vjp, _depthwise_bwd_vjp)
 
 
+DEPTHWISE = ("auto", "shifted", "conv")
+
+
+def depthwise_conv_grouped(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """`depthwise_conv_same` as one `lax.conv_general_dilated` with `feature_group_count=C`.
+
+  The form accelerators have kernels for (cuDNN, TPU convolutions).
+  """
+  k, c = kernel.shape[0], x.shape[-1]
+  pads = (same_pads(x.shape[1], k, stride), same_pads(x.shape[2], k, stride))
+  return lax.conv_general_dilated(x, kernel[:, :, None, :], (stride, stride), pads,
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                  feature_group_count=c)
+
+
+def depthwise_impl(choice: str = "auto") -> str:
+  """"shifted" or "conv" for `choice`; "auto" = shifted sums on CPU, `lax.conv` elsewhere."""
+  if choice not in DEPTHWISE:
+    raise ValueError(f"unknown depthwise implementation {choice!r}; known: {', '.join(DEPTHWISE)}")
+  if choice == "auto":
+    return "shifted" if jax.default_backend() == "cpu" else "conv"
+  return choice
+
+
 class DepthwiseConv(nn.Module):
   """Depthwise k x k convolution, 'SAME' padding, no bias: [B, H, W, C] -> [B, H/s, W/s, C].
 
-  Computed as a sum of k^2 strided, shifted multiply-adds, which XLA fuses into
-  one loop, with a custom VJP of the same form; on CPU this runs 5-30x faster
-  than `feature_group_count=C` forward and backward (benchmarks/README.md).
+  `impl` (`DEPTHWISE`): "shifted" is a sum of k^2 strided, shifted
+  multiply-adds, which XLA fuses into one loop, with a custom VJP of the same
+  form; on CPU it runs 5-30x faster than `feature_group_count=C` forward and
+  backward (benchmarks/README.md). "conv" is the grouped `lax.conv`, the form
+  GPUs and TPUs have kernels for. "auto" picks by `jax.default_backend()` at
+  trace time. Both give the same numbers (tests/test_backbones.py).
   Parameter: `kernel` [k, k, 1, C], the layout of a grouped `nn.Conv`, so
   checkpoints convert the same way.
   """
   kernel_size: int
   stride: int = 1
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     k = self.kernel_size
     kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, 1, x.shape[-1]), jnp.float32)
-    return depthwise_conv_same(x, kernel[:, :, 0, :], self.stride)
+    fn = depthwise_conv_same if depthwise_impl(self.impl) == "shifted" else depthwise_conv_grouped
+    return fn(x, kernel[:, :, 0, :], self.stride)
 
 
 def _bn(name, train):
@@ -168,6 +197,7 @@ class MBConv(nn.Module):
   expand: int
   cin: int
   cout: int
+  depthwise: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -176,7 +206,7 @@ class MBConv(nn.Module):
     if self.expand != 1:
       x = nn.Conv(mid, (1, 1), use_bias=False, name="_expand_conv")(x)
       x = nn.relu6(_bn("_bn0", train)(x))
-    x = DepthwiseConv(self.kernel, self.stride, name="_depthwise_conv")(x)
+    x = DepthwiseConv(self.kernel, self.stride, self.depthwise, name="_depthwise_conv")(x)
     x = nn.relu6(_bn("_bn1", train)(x))
     x = nn.Conv(self.cout, (1, 1), use_bias=False, name="_project_conv")(x)
     x = _bn("_bn2", train)(x)
@@ -192,6 +222,7 @@ class EfficientNetLite(nn.Module):
   num_classes: int = 1000
   taps: Sequence[str] | None = None  # stop early once these outputs exist
   start_block: int = 0  # > 0: `x` is the output of block start_block - 1 (a cached trunk)
+  depthwise: str = "auto"  # DEPTHWISE: shifted sums (CPU) | lax.conv (accelerators) | by backend
   bn_momentum = 0.99  # running-average momentum of every BatchNorm (Flax convention)
 
   @nn.compact
@@ -206,7 +237,7 @@ class EfficientNetLite(nn.Module):
     for idx, (k, s, e, i, o, stage) in enumerate(specs):
       if idx < self.start_block:
         continue
-      x = MBConv(k, s, e, i, o, name=f"_blocks_{idx}")(x, train)
+      x = MBConv(k, s, e, i, o, self.depthwise, name=f"_blocks_{idx}")(x, train)
       out[f"block{idx}"] = x
       if idx + 1 == len(specs) or specs[idx + 1][5] != stage:
         out[f"stage{stage}"] = x

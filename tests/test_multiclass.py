@@ -1,0 +1,138 @@
+"""Classes vmapped into one call equal the per-class loop (issue 14).
+
+Three texture classes with banks of different sizes (padded and masked in
+the vmapped path), adapted under a contrast shift and scored: per-class
+`tta.run` + `make_predict` against one `tta.run_classes` +
+`make_class_predict`.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import base
+from experiments import loops, train, tta
+from helpers import plant_defect, texture
+from rodajax import adapt, backbones, features, metrics, patchcore, scoring
+
+S = 64
+TRAIN = (10, 12, 14)   # training images per class -> banks of 320, 384, 448 patches
+
+
+@pytest.fixture(scope="module")
+def classes():
+  module, variables = backbones.create("efficientnet_lite0", "pretrained", taps=("stage3", "stage5"))
+  extract = features.make_extractor(module, ("stage3", "stage5"), S)
+  ext = jax.jit(extract)
+  out = []
+  for c, n_train in enumerate(TRAIN):
+    rng = np.random.default_rng(10 + c)
+    tint = rng.integers(-40, 40, 3)
+    tex = lambda: np.clip(texture(rng, S).astype(int) + tint, 0, 255).astype(np.uint8)
+    train_imgs = np.stack([tex() for _ in range(n_train)])
+    bank = patchcore.fit_memory_bank(loops.batched(ext, variables, train_imgs, 4),
+                                     jax.random.key(c), ratio=0.5, proj_dim=None)
+    good = [tex() for _ in range(6)]
+    bad = [plant_defect(tex(), *rng.integers(S // 4, 3 * S // 4, 2), S // 10) for _ in range(6)]
+    test = loops.corrupt("contrast", np.stack(good + bad), 5, jax.random.key(100 + c), 8)
+    target = loops.corrupt("contrast", np.stack([tex() for _ in range(12)]), 5,
+                           jax.random.key(200 + c), 8)
+    out.append(dict(bank=bank, source=train.source_of(bank), test=test, target=target,
+                    labels=np.array([0] * 6 + [1] * 6)))
+  cfg = base.get_base_config()
+  cfg.adapt.batch_images, cfg.adapt.lr = 4, 1e-2
+  cfg.adapt.target_patches = cfg.adapt.bank_patches = 256
+  cfg.adapt.hungarian_patches = 128
+  return dict(module=module, variables=variables, extract=extract, classes=out, cfg=cfg)
+
+
+def test_pad_banks_masks_padding_out_of_nearest_neighbours():
+  rng = np.random.default_rng(0)
+  banks = [rng.normal(size=(m, 8)).astype(np.float32) for m in (5, 9, 7)]
+  stacked, valid = scoring.pad_banks(banks)
+  assert stacked.shape == (3, 9, 8) and valid.sum(1).tolist() == [5, 9, 7]
+  q = rng.normal(size=(20, 8)).astype(np.float32)
+  # Zero padding rows would be nearer than the real rows for queries near the origin.
+  q[:4] *= 1e-3
+  for c, b in enumerate(banks):
+    want = np.sqrt(((q[:, None] - b[None]) ** 2).sum(-1)).min(1)
+    got = scoring.nearest_distances(jnp.asarray(q), jnp.asarray(stacked[c]), 8, jnp.asarray(valid[c]))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="different feature sizes"):
+    scoring.pad_banks([banks[0], np.zeros((3, 4))])
+
+
+def test_padded_bank_draws_the_same_transport_subsets():
+  key = jax.random.key(7)
+  _, alone = adapt.transport.balanced_subsets(key, 100, 300, 50, 64)
+  valid = jnp.arange(420) < 300
+  _, padded = adapt.transport.balanced_subsets(key, 100, 420, 50, 64, valid)
+  np.testing.assert_array_equal(alone, padded)
+  assert int(padded.max()) < 300
+  with pytest.raises(ValueError, match="bank_patches > 0"):
+    adapt.transport.balanced_subsets(key, 100, 420, 50, 0, valid)
+
+
+@pytest.mark.parametrize("method", ["roda", "kl", "hungarian", "bn_stats"])
+def test_vmapped_classes_equal_the_per_class_loop(classes, method):
+  s, cl = classes, classes["classes"]
+  cfg = s["cfg"].adapt
+  keys = [jax.random.key(50 + c) for c in range(len(cl))]
+  fns = tta.build(method, cfg, s["module"], s["extract"], s["variables"]["params"], S)
+  loop = [tta.run(method, fns, cfg, s["variables"], c["source"], c["target"], k)
+          for c, k in zip(cl, keys)]
+  fns_v = tta.build(method, cfg, s["module"], s["extract"], s["variables"]["params"], S,
+                    classes=True)
+  kept_v, last_v, info_v = tta.run_classes(method, fns_v, cfg, [s["variables"]] * len(cl),
+                                           [c["source"] for c in cl], [c["target"] for c in cl],
+                                           keys)
+  predict = patchcore.make_predict(s["extract"], S)
+  predict_v = patchcore.make_class_predict(s["extract"], s["variables"]["params"], S)
+  banks, valid = scoring.pad_banks([c["bank"].bank for c in cl])
+  banks, valid = jnp.asarray(banks), jnp.asarray(valid)
+  tests = jnp.asarray(np.stack([c["test"] for c in cl]))
+  # Scoring alone, on the loop's adapted variables: one vmapped call == class by class.
+  scores_l, maps_l = predict_v(adapt.stack_classes([r[0] for r in loop]), banks, valid, tests)
+  # Adapted and scored in the vmapped path.
+  scores_v, _ = predict_v(adapt.stack_classes(kept_v), banks, valid, tests)
+  moved = False
+  for i, (c, (kept, last, info)) in enumerate(zip(cl, loop)):
+    sc, mp = predict(kept, jnp.asarray(c["bank"].bank), jnp.asarray(c["test"]))
+    np.testing.assert_allclose(scores_l[i], sc, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(maps_l[i], mp, rtol=1e-5, atol=1e-5)
+    auc = metrics.auroc(c["labels"], np.asarray(sc))
+    assert metrics.auroc(c["labels"], np.asarray(scores_l[i])) == auc
+    # The adaptation: the vmapped convolutions batch C x B images where the loop batches B,
+    # which rounds differently (~1e-6 relative); Adam's normalised step m / sqrt(v) turns a
+    # rounding difference in a near-zero gradient into up to one step (lr) on that parameter.
+    # Losses agree to 1e-4, parameters to lr / 10, scores to 1e-4, and the decisions and the
+    # AUROC are the same.
+    assert info.get("steps") == info_v[i].get("steps")
+    assert info.get("safeguard", {}).get("kept") == info_v[i].get("safeguard", {}).get("kept")
+    if "step_metrics" in info:
+      np.testing.assert_allclose([m["loss"] for m in info["step_metrics"]],
+                                 [m["loss"] for m in info_v[i]["step_metrics"]], rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(last_v[i])):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=cfg.lr / 10)
+    np.testing.assert_allclose(scores_v[i], sc, rtol=1e-4, atol=1e-4)
+    assert metrics.auroc(c["labels"], np.asarray(scores_v[i])) == auc
+    moved |= any(not np.array_equal(a, b) for a, b in
+                 zip(jax.tree.leaves(last), jax.tree.leaves(s["variables"])))
+  assert moved, f"{method} changed nothing: the comparison would be vacuous"
+
+
+def test_run_classes_refuses_what_it_cannot_stack(classes):
+  s, cl = classes, classes["classes"]
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  fns_v = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S,
+                    classes=True)
+  keys = [jax.random.key(0), jax.random.key(1)]
+  with pytest.raises(Exception, match="as many adaptation images"):
+    tta.run_classes("roda", fns_v, cfg, [s["variables"]] * 2, [cl[0]["source"], cl[1]["source"]],
+                    [cl[0]["target"], cl[1]["target"][:8]], keys)
+  cfg.bank_patches = 400
+  fns_v = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S,
+                    classes=True)
+  with pytest.raises(ValueError, match="bank_patches to at most 320"):
+    tta.run_classes("roda", fns_v, cfg, [s["variables"]] * 2, [cl[0]["source"], cl[1]["source"]],
+                    [cl[0]["target"], cl[1]["target"]], keys)
