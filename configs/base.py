@@ -37,6 +37,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.scoring.sigma = 4.0
   c.scoring.chunk = 2048
   c.scoring.reweight = 0           # > 0: PatchCore Eq. 7 with this many neighbours
+  c.scoring.shard_bank = False     # place the memory bank row-wise over all devices
+                                   # (NamedSharding over a "bank" mesh axis; 2D only)
 
   c.fit = ml_collections.ConfigDict()   # python -m experiments.fit (a saved model)
   c.fit.calibration_fraction = 0.2  # share of the training normals held out (seeded) to calibrate

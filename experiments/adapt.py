@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from experiments import cli, loops
+from experiments import cli
 
 FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fit)", required=True),
          cli.Flag("images", "folder (subfolders included), quoted glob, or file of unlabeled "
@@ -45,7 +45,7 @@ def main(argv):
   import jax
   from tqdm import tqdm
 
-  from experiments import modeldir, train, tta
+  from experiments import loops, modeldir, train, tta
   from rodajax import adapt, calibration, data, patchcore, report
 
   out = args.flags["out"]

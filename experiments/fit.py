@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from experiments import cli, loops
+from experiments import cli
 
 FLAGS = [cli.Flag("model", "the model directory to write", required=True),
          cli.Flag("overwrite", "replace a model fitted with another config (true/false)", "false")]
@@ -115,7 +115,7 @@ def main(argv):
   import jax
   from tqdm import tqdm
 
-  from experiments import modeldir, train
+  from experiments import loops, modeldir, train
   from rodajax import calibration, data, patchcore, report
 
   config, out = args.config, args.flags["model"]

@@ -43,13 +43,17 @@ def batched(fn: Callable, variables, images: np.ndarray, batch: int,
 
 
 def predict(step: Callable, variables, images: np.ndarray, bank, batch: int = 16,
-            progress: Callable = _identity, desc: str = "score"):
+            progress: Callable = _identity, desc: str = "score", valid=None):
   """Image scores `[N]` and anomaly maps `[N, crop, crop]` for uint8 images `[N, R, R, 3]`.
 
-  `step` is a `rodajax.patchcore.make_predict` function.
+  `step` is a `rodajax.patchcore.make_predict` function. `bank` may be a
+  sharded array (`experiments.placement.shard_bank`, with its `valid` mask);
+  it is used where it lies.
   """
-  bank = jnp.asarray(bank)
-  return batched(lambda v, x: step(v, bank, x), variables, images, batch, progress, desc)
+  bank = bank if isinstance(bank, jax.Array) else jnp.asarray(bank)
+  if valid is None:
+    return batched(lambda v, x: step(v, bank, x), variables, images, batch, progress, desc)
+  return batched(lambda v, x: step(v, bank, x, valid), variables, images, batch, progress, desc)
 
 
 def corrupt(name: str, images: np.ndarray, severity: int, key: jax.Array,

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tqdm import tqdm
 
-from experiments import cli, loops, tta
+from experiments import cli, loops, placement, tta
 from experiments import workdir as workdir_lib
 from rodajax import (adapt, augment, backbones, data, features, metrics, patchcore, points,
                      report)
@@ -361,6 +361,7 @@ class Context:
     self.records, self.done = records, done
     self.fns: dict = {}        # method -> tta.Functions, jitted once per run
     self.computed = 0
+    self.mesh = None           # a device mesh, made when config.scoring.shard_bank asks for one
     c = config
     self.points = data.is_points(c.data)
     if self.points:
@@ -384,8 +385,13 @@ class Context:
 
   def evaluate(self, variables, source, images, test_eval, masks, desc, regions=None):
     c = self.config
-    scores, maps = loops.predict(self.predict, variables, images, source.bank, c.batch_size,
-                                     progress=tqdm, desc=desc)
+    bank, valid = source.bank, None
+    if c.scoring.get("shard_bank", False) and not self.points:
+      if self.mesh is None:
+        self.mesh = placement.bank_mesh()
+      bank, valid = placement.shard_bank(source.bank, self.mesh)
+    scores, maps = loops.predict(self.predict, variables, images, bank, c.batch_size,
+                                 progress=tqdm, desc=desc, valid=valid)
     finite = bool(np.all(np.isfinite(scores)))
     m = metrics.evaluate(test_eval.labels, scores if finite else np.zeros_like(scores),
                          masks, maps if finite else None, test_eval.types, test_eval.has_mask,

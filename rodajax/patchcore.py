@@ -64,13 +64,15 @@ def make_scorer(crop: int, sigma: float = 4.0, chunk: int = 2048, reweight: int 
 
 def make_predict(extract: Callable, crop: int, sigma: float = 4.0, chunk: int = 2048,
                  reweight: int = 0) -> Callable:
-  """Jitted `f(variables, bank [k, D], images [B, R, R, 3]) -> (scores [B], maps [B, crop, crop])`.
+  """Jitted `f(variables, bank [k, D], images [B, R, R, 3], valid=None) -> (scores [B], maps [B, crop, crop])`.
 
   Build it once per experiment: the bank and the variables are arguments, so
   one compilation serves every (shift, method) that shares the extractor.
+  `valid [k]` masks padding rows (a bank padded to the devices it is sharded
+  over, `experiments.placement.shard_bank`).
   """
   scorer = make_scorer(crop, sigma, chunk, reweight)
-  return jax.jit(lambda v, bank, x: scorer(extract(v, x), bank))
+  return jax.jit(lambda v, bank, x, valid=None: scorer(extract(v, x), bank, valid))
 
 
 def make_class_predict(extract: Callable, params, crop: int, sigma: float = 4.0,
