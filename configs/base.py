@@ -20,6 +20,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.max_test_normal = 100
   c.data.max_test_anomalous = 100
   c.data.anomaly_threshold = 0.67
+  c.data.tfds_dir = ""             # prepare images once into ArrayRecord (tensorflow-datasets)
+                                   # here and read them from there ("" = decode every run)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "efficientnet_lite0"

@@ -11,8 +11,17 @@ def load(config_data, category: str, seed: int = 0, test: bool = True) -> Datase
   """Loads `category` of the dataset that `config.data` names ('elpv' or 'mvtec').
 
   `test=False`: the training images only (MVTec layouts; a folder may then lack test/).
+  With `config.data.tfds_dir` set, image datasets are prepared once into
+  ArrayRecord with tensorflow-datasets and read from there (`data.prepared`).
   """
   name = config_data.name
+  tfds_dir = config_data.get("tfds_dir", "")
+  if tfds_dir and name not in POINT_DATASETS:
+    from rodajax.data import prepared
+    direct = config_data.copy_and_resolve_references()
+    direct.tfds_dir = ""
+    return prepared.load_prepared(config_data, category, seed, tfds_dir,
+                                  lambda: load(direct, category, seed, test), test)[0]
   if name == "elpv":
     return load_elpv(category, resize=config_data.resize, seed=seed,
                      train_fraction=config_data.train_fraction,
