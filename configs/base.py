@@ -12,7 +12,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = "elpv"         # elpv | mvtec | mvtec3d | realiad (MVTec layouts)
   c.data.root = ""             # folder holding the category folders (MVTec layouts)
-  c.data.categories = "mono,poly"
+  c.data.categories = ("mono", "poly")
   c.data.resize = 256          # images are resized to this (bicubic), corrupted here,
   c.data.crop = 224            # then centre-cropped and ImageNet-normalised
   c.data.max_train = 200       # 0 = all training images
@@ -26,7 +26,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "efficientnet_lite0"
   c.model.weights = "pretrained"   # "pretrained", a checkpoint path, or "" for random init
-  c.model.taps = ""                # "" = the backbone's default mid-level taps
+  c.model.taps = ()                # () = the backbone's default mid-level taps
   c.model.pool = 3                 # local neighbourhood p of PatchCore's aggregation
   c.model.out_dim = 0              # 0 = keep all channels
 
@@ -52,16 +52,16 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # any other subfolder = anomalous
 
   c.shift = ml_collections.ConfigDict()
-  c.shift.corruptions = "clean"    # comma-separated: clean and/or corruption names
-  c.shift.severities = "5"         # comma-separated, 1-5
+  c.shift.corruptions = ("clean",)  # clean and/or corruption names (CLI: comma-separated)
+  c.shift.severities = (5,)        # 1-5
   c.shift.adapt_fraction = 0.0     # share of the (shifted) test set used for adaptation;
                                    # 1.0 = adapt and evaluate on the same images
-  c.shift.adapt_fractions = ""     # comma-separated, e.g. "0.2,0.8,1.0": overrides adapt_fraction
-  c.shift.seeds = ""               # comma-separated; each seed redraws the adaptation/evaluation
-                                   # split and the corruption noise ("" = [seed])
+  c.shift.adapt_fractions = ()     # e.g. (0.2, 0.8, 1.0): overrides adapt_fraction
+  c.shift.seeds = ()               # each seed redraws the adaptation/evaluation
+                                   # split and the corruption noise (() = (seed,))
 
   c.adapt = ml_collections.ConfigDict()
-  c.adapt.methods = "none"         # comma-separated; see rodajax/adapt.py for the list
+  c.adapt.methods = ("none",)      # see rodajax/adapt.py for the list
   c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior)

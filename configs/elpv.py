@@ -13,5 +13,5 @@ from configs.base import get_base_config
 def get_config():
   c = get_base_config()
   c.data.name = "elpv"
-  c.data.categories = "mono,poly"
+  c.data.categories = ("mono", "poly")
   return c

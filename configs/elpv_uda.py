@@ -15,9 +15,9 @@ def get_config():
   c.data.name = "elpv"
   c.data.dataset_name = "elpv"
   c.data.source = "mono"
-  c.data.targets = "poly"
-  c.data.classes = "normal"
+  c.data.targets = ("poly",)
+  c.data.classes = ("normal",)
   c.data.max_test_per_class = 0
   c.seeds = 3
-  c.uda.methods = "source_only,all_target,cluster_psi,oracle"
+  c.uda.methods = ("source_only", "all_target", "cluster_psi", "oracle")
   return c

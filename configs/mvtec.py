@@ -26,10 +26,10 @@ def get_config():
   c = get_base_config()
   c.data.name = "mvtec"
   c.data.root = "../shared/data/mvtec_ad"
-  c.data.categories = "bottle"
+  c.data.categories = ("bottle",)
   c.data.max_train = 0
-  c.shift.corruptions = "clean,gaussian_noise,defocus_blur,brightness,contrast"
-  c.shift.severities = "5"
+  c.shift.corruptions = ("clean", "gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.shift.severities = (5,)
   c.shift.adapt_fraction = 0.2
-  c.adapt.methods = "none,roda"
+  c.adapt.methods = ("none", "roda")
   return c

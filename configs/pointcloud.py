@@ -17,7 +17,7 @@ def get_config(arg=None):
   c.batch_size = 8             # clouds per forward pass
   c.data.name = "real3d"       # real3d (Real3D-AD / Anomaly-ShapeNet .pcd) | mvtec3d_points (TIFF)
   c.data.root = ""             # folder holding the class folders
-  c.data.categories = ""       # comma-separated; "" = every class folder under data.root
+  c.data.categories = ()       # () = every class folder under data.root
   c.data.points = 4096         # points per cloud (seeded random subsample of each file)
   c.data.groups = 512          # patch centres per cloud (farthest-point sampling)
   c.data.group_size = 64       # points per patch (nearest neighbours of the centre)
@@ -27,15 +27,15 @@ def get_config(arg=None):
 
   c.model.backbone = "pointnet"
   c.model.weights = "pretrained"   # learning3d ModelNet40 PointNet (see rodajax/backbones)
-  c.model.taps = ""                # "" = layer2,layer3,layer4, max-pooled per patch
+  c.model.taps = ()                # () = layer2,layer3,layer4, max-pooled per patch
 
   c.coreset.ratio = 0.1
   c.scoring.neighbours = 3         # centres whose scores a point's score interpolates
 
-  c.shift.corruptions = "clean,gaussian_noise"   # rodajax/corruptions3d.py
-  c.shift.severities = "5"         # gaussian_noise 5 = sigma 0.03 unit-sphere radii
+  c.shift.corruptions = ("clean", "gaussian_noise")   # rodajax/corruptions3d.py
+  c.shift.severities = (5,)         # gaussian_noise 5 = sigma 0.03 unit-sphere radii
   c.shift.adapt_fraction = 0.2
-  c.adapt.methods = "none,roda"
+  c.adapt.methods = ("none", "roda")
   c.adapt.bn_mode = "source"       # the encoder's source statistics are ModelNet40's (whole
                                    # objects), not the bank's patches: re-estimating them moves
                                    # every feature away from the bank (docs/pointclouds.md)

@@ -13,6 +13,6 @@ from configs import mvtec
 
 def get_config():
   c = mvtec.get_config()
-  c.shift.corruptions = "gaussian_noise,defocus_blur,brightness,contrast"
-  c.adapt.methods = "none,sinkhorn,discrete,discrete_copy,roda,hungarian"
+  c.shift.corruptions = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.adapt.methods = ("none", "sinkhorn", "discrete", "discrete_copy", "roda", "hungarian")
   return c

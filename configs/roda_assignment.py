@@ -19,9 +19,9 @@ def get_config():
   c = get_base_config()
   c.data.name = "mvtec3d"
   c.data.root = "../shared/data/mvtec_3d"
-  c.data.categories = "tire"
+  c.data.categories = ("tire",)
   c.data.max_train = 0
-  c.shift.corruptions = "gaussian_noise,defocus_blur,brightness,contrast"
+  c.shift.corruptions = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
   c.shift.adapt_fraction = 0.2
-  c.adapt.methods = "sinkhorn,discrete,discrete_copy,roda"
+  c.adapt.methods = ("sinkhorn", "discrete", "discrete_copy", "roda")
   return c

@@ -19,8 +19,8 @@ from configs import mvtec
 
 def get_config():
   c = mvtec.get_config()
-  c.shift.corruptions = "gaussian_noise,defocus_blur,brightness,contrast"
-  c.adapt.methods = "none,bn_stats,moment,kl,hungarian,sinkhorn,discrete,discrete_copy,roda"
-  c.shift.corruptions = "clean,gaussian_noise,defocus_blur,brightness,contrast"
-  c.shift.seeds = "0,1,2"
+  c.shift.corruptions = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.adapt.methods = ("none", "bn_stats", "moment", "kl", "hungarian", "sinkhorn", "discrete", "discrete_copy", "roda")
+  c.shift.corruptions = ("clean", "gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.shift.seeds = (0, 1, 2)
   return c

@@ -12,7 +12,7 @@ from configs import mvtec
 
 def get_config():
   c = mvtec.get_config()
-  c.shift.corruptions = "gaussian_noise,defocus_blur,brightness,contrast"
-  c.shift.adapt_fractions = "0.2,0.8,1.0"
-  c.adapt.methods = "none,roda"
+  c.shift.corruptions = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.shift.adapt_fractions = (0.2, 0.8, 1.0)
+  c.adapt.methods = ("none", "roda")
   return c

@@ -13,7 +13,7 @@ from configs import mvtec
 
 def get_config():
   c = mvtec.get_config()
-  c.shift.corruptions = "gaussian_noise,defocus_blur,brightness,contrast"
-  c.shift.severities = "1,2,3,4,5"
-  c.adapt.methods = "none,bn_stats,roda"
+  c.shift.corruptions = ("gaussian_noise", "defocus_blur", "brightness", "contrast")
+  c.shift.severities = (1, 2, 3, 4, 5)
+  c.adapt.methods = ("none", "bn_stats", "roda")
   return c

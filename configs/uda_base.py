@@ -13,8 +13,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.dataset_name = "pacs"   # the `dataset` field of the records
   c.data.root = ""
   c.data.source = "photo"
-  c.data.targets = "art_painting,cartoon,sketch"
-  c.data.classes = ""            # "" = every class of the source domain
+  c.data.targets = ("art_painting", "cartoon", "sketch")
+  c.data.classes = ()            # () = every class of the source domain
   c.data.resize = 224            # images resized (bicubic) to this square, no crop
   c.data.contamination = 0.1     # anomalous share of the unlabelled target train set, [0, 1)
   c.data.target_train_fraction = 0.5
@@ -29,7 +29,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.out_dim = 128          # projection head (bias-free)
 
   c.uda = ml_collections.ConfigDict()
-  c.uda.methods = "source_only,cluster_psi"
+  c.uda.methods = ("source_only", "cluster_psi")
   c.uda.alignment = "mmd"        # mmd | contrastive (Eqs. 8-9) | adversarial (see docs/results.md)
   c.uda.psi = "efficientnet_lite0"  # frozen encoder of the clustering, or "f"
   c.uda.cluster = "kmeans"       # kmeans (OTT) | gmm | meanshift (scikit-learn)

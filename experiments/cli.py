@@ -124,8 +124,13 @@ def convert(key: str, raw: str, current: Any) -> Any:
     if not math.isfinite(value):
       raise bad("a finite number")
     return value
-  if isinstance(current, (tuple, list)):
-    return type(current)(s.strip() for s in raw.split(",") if s.strip())
+  if isinstance(current, (tuple, list)):   # comma-separated; the items' type from the default
+    kind = type(current[0]) if current and type(current[0]) in (int, float) else str
+    items = [s.strip() for s in raw.split(",") if s.strip()]
+    try:
+      return type(current)(kind(s) for s in items)
+    except ValueError:
+      raise bad(f"comma-separated {'integers' if kind is int else 'numbers'}") from None
   if current is None or isinstance(current, str):
     return raw
   raise bad(type(current).__name__)

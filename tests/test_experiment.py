@@ -16,7 +16,7 @@ from configs import mvtec as mvtec_config
 def _tiny_config(root, **kw):
   c = mvtec_config.get_config()
   c.data.root = str(root)
-  c.data.categories = "widget"
+  c.data.categories = ("widget",)
   c.data.resize, c.data.crop = 64, 64
   c.batch_size = 4
   c.figures = False

@@ -409,7 +409,7 @@ def test_config_mistakes_in_3d_are_named():
   with pytest.raises(train.ConfigError, match="need a point encoder: pointnet"):
     train.validate(c)
   c = cli.load_config("configs/pointcloud.py")
-  c.shift.corruptions = "clean,defocus_blur"
+  c.shift.corruptions = ("clean", "defocus_blur")
   with pytest.raises(train.ConfigError, match="unknown point-cloud shift 'defocus_blur'"):
     train.validate(c)
   c = cli.load_config("configs/pointcloud.py")
