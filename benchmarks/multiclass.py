@@ -7,7 +7,9 @@ stage5 features), 12 target images under contrast (severity 5), RoDA with the
 default settings scaled to the image size (one pass, batch 4, safeguard on,
 256 x 256 transport problems), then 12 test images scored. Loop =
 `tta.run` + `make_predict` class by class; vmap = `tta.run_classes` +
-`make_class_predict`. Both warm up once per class count (compilation not
+`make_class_predict` with `adapt.class_batch=0` (every class in one vmap) and
+grouped = `class_batch=1` (`lax.map` class after class inside one program, the
+CPU default). Both warm up once per class count (compilation not
 counted); the medians of `--repeats` runs are reported, and the scores of
 the two paths are compared in the same run.
 """
@@ -64,9 +66,13 @@ def main():
   cfg.target_patches = cfg.bank_patches = 256
   params = variables["params"]
   fns = tta.build("roda", cfg, module, extract, params, s)
-  fns_v = tta.build("roda", cfg, module, extract, params, s, classes=True)
   predict = patchcore.make_predict(extract, s)
-  predict_v = patchcore.make_class_predict(extract, params, s)
+  built = {}
+  for cb in (0, 1):
+    c2 = cfg.copy_and_resolve_references()
+    c2.class_batch = str(cb)
+    built[cb] = (c2, tta.build("roda", c2, module, extract, params, s, classes=True),
+                 patchcore.make_class_predict(extract, params, s, class_batch=cb))
 
   def loop(cl):
     out = []
@@ -75,8 +81,9 @@ def main():
       out.append(predict(kept, jnp.asarray(c["bank"].bank), jnp.asarray(c["test"]))[0])
     return np.stack(jax.device_get(out))
 
-  def vmapped(cl):
-    kept, _, _ = tta.run_classes("roda", fns_v, cfg, [variables] * len(cl),
+  def vmapped(cl, cb):
+    cfg_v, fns_v, predict_v = built[cb]
+    kept, _, _ = tta.run_classes("roda", fns_v, cfg_v, [variables] * len(cl),
                                  [c["source"] for c in cl], [c["target"] for c in cl],
                                  [jax.random.key(i) for i in range(len(cl))])
     banks, valid = scoring.pad_banks([c["bank"].bank for c in cl])
@@ -88,7 +95,8 @@ def main():
   for n in counts:
     cl = classes[:n]
     res = {}
-    for name, fn in (("loop", loop), ("vmap", vmapped)):
+    for name, fn in (("loop", loop), ("vmap", lambda cl: vmapped(cl, 0)),
+                     ("map", lambda cl: vmapped(cl, 1))):
       t = time.perf_counter()
       res[name] = fn(cl)                      # warm-up: compiles for this class count
       first = time.perf_counter() - t
@@ -98,14 +106,17 @@ def main():
         fn(cl)
         times.append(time.perf_counter() - t)
       res[name + "_t"], res[name + "_first"] = statistics.median(times), first
-    diff = float(np.max(np.abs(res["loop"] - res["vmap"]) / np.maximum(np.abs(res["loop"]), 1e-6)))
+    rel = lambda k: float(np.max(np.abs(res["loop"] - res[k]) / np.maximum(np.abs(res["loop"]), 1e-6)))
     rows.append((n, f"{n / res['loop_t']:.2f}", f"{n / res['vmap_t']:.2f}",
-                 f"{res['loop_t'] / res['vmap_t']:.2f}", f"{res['loop_first']:.0f} / {res['vmap_first']:.0f}",
-                 f"{diff:.1e}"))
+                 f"{n / res['map_t']:.2f}", f"{res['loop_t'] / res['vmap_t']:.2f}",
+                 f"{res['loop_t'] / res['map_t']:.2f}",
+                 f"{res['loop_first']:.0f} / {res['vmap_first']:.0f} / {res['map_first']:.0f}",
+                 f"{rel('vmap'):.1e} / {rel('map'):.1e}"))
   print(f"### RoDA + scoring, {s} px, 12 target + 12 test images per class, median of "
         f"{args.repeats}, {jax.device_count()} {jax.default_backend()} device(s)\n")
-  print(table(rows, ["classes", "loop classes/s", "vmap classes/s", "vmap speed-up",
-                     "first call s (loop / vmap)", "max rel. score diff"]))
+  print(table(rows, ["classes", "loop classes/s", "vmap (class_batch 0) classes/s",
+                     "grouped (class_batch 1) classes/s", "vmap / loop speed", "grouped / loop speed",
+                     "first call s (loop / vmap / grouped)", "max rel. score diff vs loop (vmap / grouped)"]))
 
 
 if __name__ == "__main__":

@@ -62,6 +62,11 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.adapt = ml_collections.ConfigDict()
   c.adapt.methods = ("none",)      # see rodajax/adapt.py for the list
+  c.adapt.vmap_classes = False     # adapt every category in one vmapped pass per (seed, shift,
+                                   # fraction, method): tta.run_classes; same numbers as the
+                                   # loop to float rounding, one compilation for all categories
+  c.adapt.class_batch = "auto"     # classes per vmapped group: 0 = all at once (accelerators),
+                                   # k = groups of k in sequence (lax.map); auto: 1 on CPU
   c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior)

@@ -63,6 +63,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
   if not data.is_points(config.data) and not data.categories_of(config.data):
     raise ConfigError("config.data.categories is empty; name at least one category")
+  if data.is_points(config.data) and config.adapt.get("vmap_classes", False):
+    raise ConfigError("config.adapt.vmap_classes is for image datasets; point clouds adapt one "
+                      "class at a time (set it to False)")
   if data.is_points(config.data):
     if config.model.backbone != "pointnet":
       raise ConfigError(f"config.model.backbone={config.model.backbone!r}: point clouds "
@@ -313,34 +316,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   module, variables, extract = build_model(config)
   ctx = Context(config, workdir, module, extract, records, done)
   banks = {"reused": 0, "fitted": 0}
-  for category in data.categories_of(config.data):
-    if planned[category] <= done:
-      continue   # resumed: this category needs neither its images nor its bank
+  todo_categories = [c for c in data.categories_of(config.data) if not planned[c] <= done]
+  fractions = _fractions(config)
+
+  def prepare(category):
     ds = data.load(config.data, category, seed=config.seed)
     timing = {}
     t_fit = time.perf_counter()
     bank, v_source = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
     banks["reused" if timing.get("restored_bank") else "fitted"] += 1
-    source = source_of(bank)   # on the device once per category
     timing["fit_s"] = time.perf_counter() - t_fit
-    fractions = _fractions(config)
+    return ds, v_source, source_of(bank), timing   # the bank on the device once per category
+
+  def shifted_of(ds, shift, severity, seed):
+    # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
+    if data.is_points(config.data):   # which clean point each shifted one comes from
+      return shifted_points(ds.test.images, shift, severity, seed, config.batch_size)
+    return shifted_images(ds.test.images, shift, severity, seed, config.batch_size), None
+
+  def todo_of(ds, shift, severity, seed):
+    return [(f, m) for f in fractions for m in methods
+            if report.record_id(_record_key(ds.name, ds.category, shift, severity, m, f,
+                                            seed)) not in done]
+
+  if config.adapt.get("vmap_classes", False) and len(todo_categories) > 1:
+    # Every category at once: each (seed, shift, fraction, method) adapts all categories in
+    # one vmapped pass (tta.run_classes), then scores them one by one.
+    prepared = [prepare(c) for c in todo_categories]
     for seed in seeds(config):
       for shift, severity in shift_list(config):
-        todo = [(f, m) for f in fractions for m in methods
-                if report.record_id(_record_key(ds.name, ds.category, shift, severity, m, f,
-                                                seed)) not in done]
-        if not todo:
-          continue  # resumed: no corruption to recompute
-        # One corrupted copy per (seed, shift, severity), shared by every fraction and method.
-        if data.is_points(config.data):   # which clean point each shifted one comes from
-          shifted, order = shifted_points(ds.test.images, shift, severity, seed,
-                                          config.batch_size)
-        else:
-          shifted = shifted_images(ds.test.images, shift, severity, seed, config.batch_size)
-          order = None
-        for fraction, method in todo:
-          ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
-                      fraction == fractions[0], method, order)
+        work = [(p, todo_of(p[0], shift, severity, seed)) for p in prepared]
+        work = [(p, t) for p, t in work if t]
+        if not work:
+          continue
+        shifted = [shifted_of(p[0], shift, severity, seed) for p, _ in work]
+        for fraction in fractions:
+          for method in methods:
+            group = [(p, sh) for (p, t), sh in zip(work, shifted) if (fraction, method) in t]
+            if not group:
+              continue
+            adapted = [None] * len(group)
+            if method != "none":
+              t0 = time.perf_counter()
+              splits = [target_split(len(p[0].test), fraction, seed) for p, _ in group]
+              out = tta.run_classes(
+                  method, ctx.functions(method, variables["params"], classes=True), config.adapt,
+                  [p[1] for p, _ in group], [p[2] for p, _ in group],
+                  [sh[0][a] for (_, sh), (a, _) in zip(group, splits)],
+                  [jax.random.key(seed)] * len(group), progress=tqdm)
+              share = (time.perf_counter() - t0) / len(group)
+              adapted = [(k, l, {**i, "vmap_classes": len(group)}, share)
+                         for k, l, i in zip(*out)]
+            for ((ds, v_source, source, timing), sh), a in zip(group, adapted):
+              ctx.run_one(ds, v_source, source, timing, shift, severity, seed, sh[0], fraction,
+                          fraction == fractions[0], method, sh[1], adapted=a)
+  else:
+    for category in todo_categories:
+      ds, v_source, source, timing = prepare(category)
+      for seed in seeds(config):
+        for shift, severity in shift_list(config):
+          todo = todo_of(ds, shift, severity, seed)
+          if not todo:
+            continue  # resumed: no corruption to recompute
+          shifted, order = shifted_of(ds, shift, severity, seed)
+          for fraction, method in todo:
+            ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
+                        fraction == fractions[0], method, order)
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
   print(workdir_lib.summary_line(run, ctx.computed, f"memory banks: {banks['reused']} reused, "
@@ -371,17 +412,19 @@ class Context:
       self.predict = patchcore.make_predict(extract, c.data.crop, c.scoring.sigma,
                                             c.scoring.chunk, c.scoring.reweight)
 
-  def functions(self, method, params):
-    if method not in self.fns:
+  def functions(self, method, params, classes: bool = False):
+    """`tta.Functions` of `method`, built once (`classes`: vmapped across categories)."""
+    if (method, classes) not in self.fns:
       extra = {}
       if self.points:
         d = self.config.data
         extra = {"prepare": lambda x: points.encoder_input(x, d.groups, d.group_size,
                                                             d.group_scale),
                  "views": augment.point_views}
-      self.fns[method] = tta.build(method, self.config.adapt, self.module, self.extract, params,
-                                   self.config.data.crop, **extra)
-    return self.fns[method]
+      self.fns[method, classes] = tta.build(method, self.config.adapt, self.module, self.extract,
+                                            params, self.config.data.crop, classes=classes,
+                                            **extra)
+    return self.fns[method, classes]
 
   def evaluate(self, variables, source, images, test_eval, masks, desc, regions=None):
     c = self.config
@@ -402,10 +445,12 @@ class Context:
     return m, scores, maps
 
   def run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
-              first_fraction, method, order=None):
+              first_fraction, method, order=None, adapted=None):
     """Adapts with `method` on the fraction's adaptation part, evaluates, appends the record.
 
     `order`: point clouds only, which clean point each shifted point comes from.
+    `adapted`: `(kept, last, info, seconds)` of an adaptation already run (all categories
+    vmapped together, `adapt.vmap_classes`); then only the evaluation runs here.
     """
     config, workdir = self.config, self.workdir
     category, crop = ds.category, config.data.crop
@@ -426,7 +471,10 @@ class Context:
     t0 = time.perf_counter()
     info = {}
     kept = last = variables
-    if method != "none":
+    if adapted is not None:
+      kept, last, info, seconds = adapted
+      t0 -= seconds          # this category's share of the vmapped pass
+    elif method != "none":
       fns = self.functions(method, variables["params"])
       kept, last, info = tta.run(method, fns, config.adapt, variables, source,
                                  shifted[adapt_idx], jax.random.key(seed), progress=tqdm)

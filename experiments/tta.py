@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import cli
+from flax import traverse_util
+
 from rodajax import adapt, augment, features, scoring
 
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
@@ -49,6 +51,25 @@ class Functions:
   step: Callable | None         # (state, source, images, key) -> (state, metrics)
   criterion: Callable           # (variables, source, images, key) -> {"transport", "nn"}
   moments: Callable             # (variables, images) -> per-layer {"mean", "var"}
+  stack: Callable = adapt.stack_classes        # classes=True: jitted (one dispatch, not
+  unstack: Callable = adapt.unstack_class      # one per leaf)
+
+
+def class_batch(cfg_adapt) -> int:
+  """Classes per vmapped group (`adapt.class_batch`; "auto": 1 on CPU, all elsewhere).
+
+  On a CPU a batch of classes is no faster than one after the other (the cores
+  are busy either way) and batched kernels cost more; accelerators want the
+  whole batch at once. benchmarks/multiclass.py measures both on this machine.
+  """
+  v = cfg_adapt.get("class_batch", "auto")
+  if v == "auto":
+    return 1 if jax.default_backend() == "cpu" else 0
+  try:
+    return int(v)
+  except ValueError:
+    raise cli.UserError(f"config.adapt.class_batch={v!r}: expects auto, 0 (every class in one "
+                        "vmap) or the number of classes per vmapped group") from None
 
 
 def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
@@ -66,12 +87,24 @@ def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
   optimizer = adapt.make_optimizer(params, cfg_adapt.lr, cfg_adapt.optimizer)
   jit, step = (lambda f, n_args: jax.jit(f)), None
   if classes:   # variables as adapt.stack_classes: BN leaves per class, frozen weights shared
+    cb = class_batch(cfg_adapt)
     v_axes = {"params": adapt.class_axes(params), "batch_stats": 0}
-    s_axes = adapt.AdaptState(v_axes["params"], 0, 0)
-    jit = lambda f, n_args: jax.jit(jax.vmap(f, in_axes=(v_axes,) + (0,) * (n_args - 1)))
+    jit = lambda f, n_args: jax.jit(adapt.class_map(f, (v_axes,) + (0,) * (n_args - 1), cb))
     if adapt.is_gradient_method(method):
-      step = jax.jit(jax.vmap(adapt.make_step(s, extract, optimizer, views),
-                              in_axes=(s_axes, 0, 0, 0), out_axes=(s_axes, 0)))
+      one = adapt.make_step(s, extract, optimizer, views)
+
+      def one_class(bn, stats, opt_state, frozen, source, images, key):
+        params = adapt.with_bn(traverse_util.unflatten_dict(frozen), bn)
+        new, m = one(adapt.AdaptState(params, stats, opt_state), source, images, key)
+        return (adapt.split_bn(new.params)[0], new.batch_stats, new.opt_state), m
+      mapped = adapt.class_map(one_class, (0, 0, 0, None, 0, 0, 0), cb)
+
+      def class_step(state, source, images, keys):
+        bn, frozen = adapt.split_bn(state.params)
+        (bn, stats, opt_state), m = mapped(bn, state.batch_stats, state.opt_state, frozen, source,
+                                           images, keys)
+        return adapt.AdaptState(adapt.with_bn(state.params, bn), stats, opt_state), m
+      step = jax.jit(class_step)
   elif adapt.is_gradient_method(method):
     step = jax.jit(adapt.make_step(s, extract, optimizer, views))
   prepare = prepare or (lambda images: features.crop_and_normalise(images, crop))
@@ -82,6 +115,9 @@ def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
 
   def moments(variables, images):
     return adapt.batch_moments(module, variables, prepare(images))
+  if classes:
+    return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2),
+                     jax.jit(adapt.stack_classes), jax.jit(adapt.unstack_class, static_argnums=1))
   return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2))
 
 
@@ -273,17 +309,36 @@ def unstack(tree, n: int) -> list:
   return [jax.tree.map(lambda a: a[i], tree) for i in range(n)]
 
 
+def _select(active: jax.Array, new, old):
+  """Per class (leading axis of every leaf): `new` where `active`, else `old`."""
+  return jax.tree.map(lambda a, b: jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                      new, old)
+
+
+def _per_class(fns: Functions, fn: Callable, v_stacked: dict, i: int, *args):
+  """`fn` (a class-vmapped function of `fns`) on class `i` alone: a batch of one class."""
+  one = fns.stack([fns.unstack(v_stacked, i)])
+  return jax.tree.map(lambda a: a[0], fn(one, *[jax.tree.map(lambda x: x[None], a) for a in args]))
+
+
 def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
                 sources: list[adapt.Source], images: list[np.ndarray], keys: list[jax.Array],
                 progress: Callable | None = None) -> tuple[list, list, list]:
   """`run` for C classes at once: every step, criterion and moment is one vmapped call.
 
-  `fns` comes from `build(..., classes=True)`. Class c gets exactly what
+  `fns` comes from `build(..., classes=True)`. Class c gets what
   `run(method, ..., variables[c], sources[c], images[c], keys[c])` computes
   (its split, minibatch order and step keys are drawn from its own key; its
   bank is padded to the largest with `scoring.pad_banks` and masked), to
-  float rounding (tests/test_multiclass.py). Every class needs the same number
-  of adaptation images (the classes share the step count).
+  float rounding (tests/test_multiclass.py).
+
+  Classes with fewer adaptation images take fewer steps: the pass runs the
+  largest class's step count and a class past its own last step is frozen
+  (its step is computed and discarded). With different image counts, the
+  target statistics and the held-out criterion (whose inputs then differ in
+  shape) are computed class by class through the same vmapped functions.
+  Every class needs at least `adapt.batch_images` training images, or all the
+  same number.
 
   Returns per-class lists `(kept, last, info)` as `run`.
   """
@@ -294,12 +349,7 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
                      f"{len(variables)}/{len(sources)}/{len(images)}/{len(keys)}")
   if method == "none":
     return list(variables), list(variables), [{"bn_mode": cfg_adapt.bn_mode} for _ in range(c)]
-  n = {len(x) for x in images}
-  if len(n) != 1:
-    raise cli.UserError(f"classes adapted together need as many adaptation images each, got "
-                        f"{sorted(n)}; adapt them one by one (tta.run) or take the same number")
-  n = n.pop()
-  if n < 1:
+  if min(len(x) for x in images) < 1:
     raise cli.UserError("no adaptation images; give target images (config.shift.adapt_fraction "
                         "in experiments)")
   sizes = [len(s.bank) for s in sources]
@@ -313,60 +363,95 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
   split = [jax.random.split(k, 3) for k in keys]
   k_split, k_loop, k_crit = ([s[i] for s in split] for i in range(3))
   guard = bool(cfg_adapt.safeguard)
-  if guard:
-    parts = [split_holdout(n, cfg_adapt.holdout_fraction, k) for k in k_split]
-  else:
-    parts = [(np.arange(n), np.zeros(0, np.int64))] * c
-  train = np.stack([x[p[0]] for x, p in zip(images, parts)])
+  parts = [split_holdout(len(x), cfg_adapt.holdout_fraction, k) if guard
+           else (np.arange(len(x)), np.zeros(0, np.int64)) for x, k in zip(images, k_split)]
+  train = [x[p[0]] for x, p in zip(images, parts)]
+  n_train = [len(t) for t in train]
+  equal = len(set(n_train)) == 1
+  batch = min(cfg_adapt.batch_images, min(n_train))
+  if not equal and min(n_train) < cfg_adapt.batch_images:
+    raise cli.UserError(f"classes adapted together have {min(n_train)}..{max(n_train)} training "
+                        f"images after the hold-out; each needs at least adapt.batch_images="
+                        f"{cfg_adapt.batch_images} (or all the same number): lower "
+                        "adapt.batch_images or adapt them one by one")
   infos = [{"bn_mode": cfg_adapt.bn_mode, "n_adapt_train": len(p[0]), "n_holdout": len(p[1])}
            for p in parts]
-  v0 = adapt.stack_classes(variables)
+  v0 = fns.stack(variables)
   source_stats = v0["batch_stats"]
   stats, mode = source_stats, cfg_adapt.bn_mode
   if method == "bn_stats" or mode != "source":
-    t_stats = target_statistics(fns.moments, v0, train, cfg_adapt.stats_batch, axis=1)
+    if equal:
+      t_stats = target_statistics(fns.moments, v0, np.stack(train), cfg_adapt.stats_batch, axis=1)
+    else:
+      t_stats = stack([target_statistics(lambda v, x, i=i: _per_class(fns, fns.moments, v, i, x),
+                                         v0, t, cfg_adapt.stats_batch)
+                       for i, t in enumerate(train)])
     mode = "target_stats" if method == "bn_stats" else mode
-    stats = (t_stats if mode == "target_stats" else
-             adapt.mix_batch_stats(source_stats, t_stats, train.shape[1], cfg_adapt.bn_prior))
+    if mode == "target_stats":
+      stats = t_stats
+    else:   # Eq. 3's weight n / (N + n) per class
+      w = jnp.asarray([n / (n + cfg_adapt.bn_prior) for n in n_train], jnp.float32)
+      stats = jax.tree.map(
+          lambda a, b: (1.0 - w.reshape((-1,) + (1,) * (a.ndim - 1))) * a +
+          w.reshape((-1,) + (1,) * (a.ndim - 1)) * b, source_stats, t_stats)
   for info in infos:
     info["bn_stats_used"] = mode
   candidates = [adapt.split_bn(v0["params"])[0]]
+  orders = [[]] * c
   if fns.step is not None:
     axes = adapt.class_axes(variables[0]["params"])
     state = adapt.AdaptState(v0["params"], stats,
                              jax.vmap(fns.optimizer.init, in_axes=(axes,))(v0["params"]))
-    batch = min(cfg_adapt.batch_images, train.shape[1])
-    orders = [minibatches(train.shape[1], batch, cfg_adapt.epochs, k) for k in k_loop]
+    orders = [minibatches(n, batch, cfg_adapt.epochs, k) for n, k in zip(n_train, k_loop)]
     step_metrics = []
-    steps = range(len(orders[0]))
+    steps = range(max(len(o) for o in orders))
+    # Step s of class i uses fold_in(k_loop[i], s), as `run`; all keys in one call.
+    step_keys = jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(
+        jnp.arange(len(steps))))(jnp.stack(k_loop))
     for s in (progress(steps, desc=f"adapt {method} x {c} classes") if progress else steps):
-      x = np.stack([train[i][orders[i][s]] for i in range(c)])
-      ks = jnp.stack([jax.random.fold_in(k, s) for k in k_loop])
-      state, m = fns.step(state, source, jnp.asarray(x), ks)
+      active = np.asarray([s < len(o) for o in orders])
+      x = np.stack([train[i][orders[i][min(s, len(orders[i]) - 1)]] for i in range(c)])
+      ks = step_keys[:, s]
+      new, m = fns.step(state, source, jnp.asarray(x), ks)
+      if active.all():
+        state = new
+      else:    # classes past their last step keep their state
+        act = jnp.asarray(active)
+        bn = _select(act, adapt.split_bn(new.params)[0], adapt.split_bn(state.params)[0])
+        state = adapt.AdaptState(adapt.with_bn(state.params, bn), state.batch_stats,
+                                 _select(act, new.opt_state, state.opt_state))
       step_metrics.append(m)
       candidates.append(adapt.split_bn(state.params)[0])
     step_metrics = jax.device_get(step_metrics)   # one transfer for the whole pass
     for i, info in enumerate(infos):
-      info.update(steps_info([{k: v[i] for k, v in m.items()} for m in step_metrics], cfg_adapt))
+      info.update(steps_info([{k: v[i] for k, v in m.items()}
+                              for m in step_metrics[:len(orders[i])]], cfg_adapt))
   else:
     for info in infos:
       info["steps"] = 0
 
   def variables_of(bn_flat):
     return {"params": adapt.with_bn(v0["params"], bn_flat), "batch_stats": stats}
-  last = [adapt.unstack_class(variables_of(candidates[-1]), i) for i in range(c)]
+  last = [fns.unstack(variables_of(candidates[len(orders[i])]), i) for i in range(c)]
   if not guard:
     return last, last, infos
-  hold = jnp.asarray(np.stack([x[p[1]] for x, p in zip(images, parts)]))
+  holds = [x[p[1]] for x, p in zip(images, parts)]
   kc = jnp.stack(k_crit)
-  base = fns.criterion(v0, source, hold, kc)
+  if len({len(h) for h in holds}) == 1:
+    hold = jnp.asarray(np.stack(holds))
+    criterion = lambda v: fns.criterion(v, source, hold, kc)
+  else:
+    sources_i = [jax.tree.map(lambda a, i=i: a[i], source) for i in range(c)]
+    criterion = lambda v: stack([_per_class(fns, fns.criterion, v, i, sources_i[i],
+                                            jnp.asarray(holds[i]), kc[i]) for i in range(c)])
+  base = criterion(v0)
   crits = jax.device_get([base] + [base if i == 0 and stats is source_stats
-                                   else fns.criterion(variables_of(v), source, hold, kc)
+                                   else criterion(variables_of(v))
                                    for i, v in enumerate(candidates)])
   kept = []
   for i, info in enumerate(infos):
-    chosen, info["safeguard"] = safeguard_info([{k: v[i] for k, v in cr.items()} for cr in crits],
+    own = crits[:2 + len(orders[i])]        # the source, statistics only, its own steps
+    chosen, info["safeguard"] = safeguard_info([{k: v[i] for k, v in cr.items()} for cr in own],
                                                cfg_adapt)
-    kept.append(variables[i] if chosen == 0 else
-                adapt.unstack_class(variables_of(candidates[chosen - 1]), i))
+    kept.append(variables[i] if chosen == 0 else fns.unstack(variables_of(candidates[chosen - 1]), i))
   return kept, last, infos

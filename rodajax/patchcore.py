@@ -76,7 +76,7 @@ def make_predict(extract: Callable, crop: int, sigma: float = 4.0, chunk: int = 
 
 
 def make_class_predict(extract: Callable, params, crop: int, sigma: float = 4.0,
-                       chunk: int = 2048, reweight: int = 0) -> Callable:
+                       chunk: int = 2048, reweight: int = 0, class_batch: int = 0) -> Callable:
   """`make_predict` vmapped across classes, jitted once.
 
   `f(variables, banks [C, M, D], valid [C, M], images [C, B, R, R, 3])
@@ -84,9 +84,10 @@ def make_class_predict(extract: Callable, params, crop: int, sigma: float = 4.0,
   `adapt.stack_classes` tree (per-class BatchNorm affine parameters and
   statistics, the frozen weights of `params`' structure shared); banks are
   padded to a common size (`scoring.pad_banks`). Equal to calling
-  `make_predict` class by class (tests/test_multiclass.py).
+  `make_predict` class by class (tests/test_multiclass.py). `class_batch`:
+  see `adapt.class_map` (0 = one vmap over all classes).
   """
   scorer = make_scorer(crop, sigma, chunk, reweight)
   axes = {"params": adapt.class_axes(params), "batch_stats": 0}
-  return jax.jit(jax.vmap(lambda v, bank, valid, x: scorer(extract(v, x), bank, valid),
-                          in_axes=(axes, 0, 0, 0)))
+  return jax.jit(adapt.class_map(lambda v, bank, valid, x: scorer(extract(v, x), bank, valid),
+                                 (axes, 0, 0, 0), class_batch))

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, shared_path
 from helpers import plant_defect, texture, write_mvtec
-from experiments import loops, train
+from experiments import cli, loops, train
 from configs import mvtec as mvtec_config
 
 
@@ -20,10 +20,11 @@ def _tiny_config(root, **kw):
   c.data.resize, c.data.crop = 64, 64
   c.batch_size = 4
   c.figures = False
-  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = "clean", "none", 0.0
+  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = ("clean",), ("none",), 0.0
   for k, v in kw.items():
     sub, key = k.split("__")
-    c[sub][key] = v
+    # "a,b" as the command line gives it, typed like the field (tuples for lists)
+    c[sub][key] = cli.convert(f"{sub}.{key}", v, c[sub][key]) if isinstance(v, str) else v
   return c
 
 
@@ -145,7 +146,7 @@ def test_bottle_clean_image_auroc(tmp_path):
   c = mvtec_config.get_config()
   c.data.root = os.path.dirname(root)
   c.figures = False
-  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = "clean", "none", 0.0
+  c.shift.corruptions, c.adapt.methods, c.shift.adapt_fraction = ("clean",), ("none",), 0.0
   recs = train.train_and_evaluate(c, str(tmp_path))
   assert recs[0]["image_auroc"] >= 98.0
 
@@ -192,3 +193,30 @@ def test_epsilon_sweep_reports_plan_diagnostics(tmp_path):
     assert lo["row_near_ties"] <= hi["row_near_ties"]
     assert lo["col_distinct_frac"] >= hi["col_distinct_frac"]
     assert 0.0 <= lo["row_share"] <= 1.0 and lo["n"] == 64
+
+
+def test_vmapped_categories_give_the_loops_records(tmp_path):
+  """adapt.vmap_classes: all categories adapted in one vmapped pass == one by one (issue 14)."""
+  write_mvtec(tmp_path / "data", "widget", n_train=6, n_good=6, n_bad=6, size=64, seed=0)
+  write_mvtec(tmp_path / "data", "gadget", n_train=8, n_good=8, n_bad=6, size=64, seed=1)
+  kw = dict(shift__corruptions="clean,contrast", adapt__methods="none,kl,roda",
+            shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=64,
+            adapt__bank_patches=64, data__categories="widget,gadget")
+  loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
+  vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
+                                str(tmp_path / "vmap"))
+  key = lambda r: (r["category"], r["shift"], r["method"])
+  loop, vm = sorted(loop, key=key), sorted(vm, key=key)
+  assert [key(r) for r in loop] == [key(r) for r in vm] and len(loop) == 2 * 2 * 3
+  # widget adapts on 6 images (4 train after the hold-out), gadget on 7 (5): 2 and 3 steps,
+  # so the vmapped pass freezes widget for its last step.
+  roda = {r["category"]: r for r in vm if r["method"] == "roda"}
+  assert (roda["widget"]["n_adapt_train"], roda["gadget"]["n_adapt_train"]) == (4, 5)
+  assert (roda["widget"]["steps"], roda["gadget"]["steps"]) == (2, 3)
+  for a, b in zip(loop, vm):
+    assert a["image_auroc"] == b["image_auroc"], key(a)
+    assert abs(a["pixel_auroc"] - b["pixel_auroc"]) < 0.05, key(a)
+    assert a.get("steps") == b.get("steps") and a.get("n_adapt_train") == b.get("n_adapt_train")
+    assert a.get("safeguard", {}).get("kept") == b.get("safeguard", {}).get("kept")
+    if a["method"] != "none":
+      assert b["vmap_classes"] == 2

@@ -73,10 +73,14 @@ def test_padded_bank_draws_the_same_transport_subsets():
     adapt.transport.balanced_subsets(key, 100, 420, 50, 0, valid)
 
 
-@pytest.mark.parametrize("method", ["roda", "kl", "hungarian", "bn_stats"])
-def test_vmapped_classes_equal_the_per_class_loop(classes, method):
+@pytest.mark.parametrize("method,class_batch", [("roda", 0), ("roda", 1), ("kl", 2),
+                                                ("hungarian", 0), ("bn_stats", 1)])
+def test_vmapped_classes_equal_the_per_class_loop(classes, method, class_batch):
+  """class_batch 0: one vmap over the 3 classes; 1: class after class in one program; 2: a
+  vmapped pair, then the third class."""
   s, cl = classes, classes["classes"]
-  cfg = s["cfg"].adapt
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  cfg.class_batch = str(class_batch)
   keys = [jax.random.key(50 + c) for c in range(len(cl))]
   fns = tta.build(method, cfg, s["module"], s["extract"], s["variables"]["params"], S)
   loop = [tta.run(method, fns, cfg, s["variables"], c["source"], c["target"], k)
@@ -87,7 +91,8 @@ def test_vmapped_classes_equal_the_per_class_loop(classes, method):
                                            [c["source"] for c in cl], [c["target"] for c in cl],
                                            keys)
   predict = patchcore.make_predict(s["extract"], S)
-  predict_v = patchcore.make_class_predict(s["extract"], s["variables"]["params"], S)
+  predict_v = patchcore.make_class_predict(s["extract"], s["variables"]["params"], S,
+                                           class_batch=class_batch)
   banks, valid = scoring.pad_banks([c["bank"].bank for c in cl])
   banks, valid = jnp.asarray(banks), jnp.asarray(valid)
   tests = jnp.asarray(np.stack([c["test"] for c in cl]))
@@ -105,15 +110,20 @@ def test_vmapped_classes_equal_the_per_class_loop(classes, method):
     # The adaptation: the vmapped convolutions batch C x B images where the loop batches B,
     # which rounds differently (~1e-6 relative); Adam's normalised step m / sqrt(v) turns a
     # rounding difference in a near-zero gradient into up to one step (lr) on that parameter.
-    # Losses agree to 1e-4, parameters to lr / 10, scores to 1e-4, and the decisions and the
-    # AUROC are the same.
+    # Losses agree to 1e-4, scores to 1e-4, and the decisions and the AUROC are the same.
     assert info.get("steps") == info_v[i].get("steps")
     assert info.get("safeguard", {}).get("kept") == info_v[i].get("safeguard", {}).get("kept")
     if "step_metrics" in info:
       np.testing.assert_allclose([m["loss"] for m in info["step_metrics"]],
                                  [m["loss"] for m in info_v[i]["step_metrics"]], rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(last_v[i])):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=cfg.lr / 10)
+    # Adam bounds each step by ~lr, so no parameter can move apart more than 2 lr per step; in
+    # practice >= 99% of them agree to lr / 10 (a near-zero gradient may flip one's sign).
+    steps = max(info.get("steps", 0), 1)
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() /
+                            np.maximum(1.0, np.abs(np.asarray(a)).ravel())
+                            for a, b in zip(jax.tree.leaves(last), jax.tree.leaves(last_v[i]))])
+    assert diffs.max() <= 2 * steps * cfg.lr, diffs.max()
+    assert np.mean(diffs <= cfg.lr / 10) >= 0.99, np.mean(diffs <= cfg.lr / 10)
     np.testing.assert_allclose(scores_v[i], sc, rtol=1e-4, atol=1e-4)
     assert metrics.auroc(c["labels"], np.asarray(scores_v[i])) == auc
     moved |= any(not np.array_equal(a, b) for a, b in
@@ -127,9 +137,11 @@ def test_run_classes_refuses_what_it_cannot_stack(classes):
   fns_v = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S,
                     classes=True)
   keys = [jax.random.key(0), jax.random.key(1)]
-  with pytest.raises(Exception, match="as many adaptation images"):
+  # Different image counts are fine (tests/test_experiment.py), unless a class has fewer
+  # training images than a minibatch: 3 images -> 1 held out, 2 < batch_images = 4.
+  with pytest.raises(Exception, match="at least adapt.batch_images=4"):
     tta.run_classes("roda", fns_v, cfg, [s["variables"]] * 2, [cl[0]["source"], cl[1]["source"]],
-                    [cl[0]["target"], cl[1]["target"][:8]], keys)
+                    [cl[0]["target"], cl[1]["target"][:3]], keys)
   cfg.bank_patches = 400
   fns_v = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S,
                     classes=True)
