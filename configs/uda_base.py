@@ -43,4 +43,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda.steps = 60
   c.uda.batch = 32
   c.uda.grl_scale = 1.0
+  c.uda.vmap_runs = False        # train every (class, seed) of a (target, method) together: one
+                                 # mapped step per iteration (same numbers as run by run)
+  c.uda.class_batch = "auto"     # runs per vmapped group: 0 = all (accelerators), auto = 1 on CPU
   return c

@@ -122,3 +122,90 @@ def train_uda(model: uda.Model, fns: tuple[Callable, Callable, object], variable
   z1 = embed(embed_fn, out, hs, model.out_dim)
   info = uda.training_info(hist, float(z0.var(0).sum()), float(z1.var(0).sum()))
   return out, np.asarray(mu), info
+
+
+def uda_run_step(model: uda.Model, s: uda.Settings, params_template,
+                 class_batch: int = 0) -> tuple[Callable, object, dict]:
+  """`(step, optimizer, labels)`: `uda.make_step` mapped over runs (classes x seeds), jitted.
+
+  `step(train [R, ...], frozen, opt_state [R, ...], stats, hs [R, b, ...], ht [R, b, ...],
+  dom [R, b], mu [R, D]) -> (train, opt_state, aux [R])`: `train` / `frozen` are the flat
+  trained / frozen leaves of `{"model", "disc"}` (`uda.param_labels`): runs share the frozen
+  tail and the BatchNorm statistics, and differ in what trains. `adapt.class_map` maps it
+  (`class_batch` 0 = one vmap, k = groups of k in sequence).
+  """
+  from flax import traverse_util
+  from rodajax import adapt
+  step, opt = uda.make_step(model, s, params_template)
+  labels = traverse_util.flatten_dict(
+      {"model": uda.param_labels(params_template["model"], s.trainable),
+       "disc": jax.tree.map(lambda _: "train", params_template["disc"])})
+
+  def one(train, frozen, opt_state, stats, hs, ht, dom, mu):
+    params = traverse_util.unflatten_dict({**train, **frozen})
+    params, opt_state, aux = step(params, opt_state, stats, hs, ht, dom, mu)
+    flat = traverse_util.flatten_dict(params)
+    return {k: flat[k] for k in train}, opt_state, aux
+  return (jax.jit(adapt.class_map(one, (0, None, 0, None, 0, 0, 0, 0), class_batch)), opt,
+          labels)
+
+
+def train_uda_runs(model: uda.Model, run_step, variables: list[dict], hs: list[np.ndarray],
+                   ht: list[np.ndarray], dominant: list[np.ndarray], s: uda.Settings,
+                   keys: list[jax.Array], embed_fn: Callable):
+  """`train_uda` for R runs (classes x seeds) at once: one mapped step per iteration.
+
+  Run r draws exactly `train_uda`'s batches (its key, `uda.batch_indices`) and starts from the
+  same discriminator; the runs share the frozen tail (`variables[r]` differ only in what
+  trains: the head's initialisation per seed). Every run needs at least `s.batch` source and
+  target images (or all the same number). `run_step` is `uda_run_step(...)`.
+  Returns per-run lists `(variables, mu, info)` as `train_uda`.
+  """
+  from flax import traverse_util
+  step, opt, labels = run_step
+  r = len(variables)
+  if not r == len(hs) == len(ht) == len(dominant) == len(keys):
+    raise ValueError("train_uda_runs needs one variables/hs/ht/dominant/key per run")
+  for name, arrs in (("source", hs), ("target", ht)):
+    n = [len(a) for a in arrs]
+    if len(set(n)) > 1 and min(n) < s.batch:
+      raise ValueError(f"runs trained together have {min(n)}..{max(n)} {name} images; each needs "
+                       f"uda.batch={s.batch} (or all the same number): lower uda.batch or train "
+                       "them one by one")
+  z0 = [embed(embed_fn, v, h, model.out_dim) for v, h in zip(variables, hs)]
+  mu = jnp.asarray(np.stack([z.mean(0) for z in z0]))
+  trains, frozen = [], None
+  for v, k in zip(variables, keys):
+    k_disc, _ = jax.random.split(k)
+    flat = traverse_util.flatten_dict(uda.init_params(model, v, k_disc))
+    trains.append({q: x for q, x in flat.items() if labels[q] == "train"})
+    frozen = frozen or {q: x for q, x in flat.items() if labels[q] != "train"}
+  train = jax.tree.map(lambda *a: jnp.stack(a), *trains)
+  opt_state = jax.vmap(lambda t: opt.init(traverse_util.unflatten_dict({**t, **frozen})))(train)
+  stats = variables[0]["batch_stats"]
+  idx = []
+  for h, t, d, k in zip(hs, ht, dominant, keys):
+    k_loop = jax.random.split(k)[1]
+    ks = jax.vmap(lambda i: jax.random.fold_in(k_loop, i))(jnp.arange(s.steps))
+    idx.append(jax.device_get(jax.vmap(
+        lambda kk: uda.batch_indices(kk, len(h), d, s.batch, s.alignment))(ks)))
+  hist = []
+  for i in range(s.steps):
+    batch = [(h[a[0][i]], t[a[1][i]], d[a[1][i]]) for h, t, d, a in zip(hs, ht, dominant, idx)]
+    train, opt_state, aux = step(train, frozen, opt_state, stats,
+                                 *(jnp.asarray(np.stack(x)) for x in zip(*batch)), mu)
+    hist.append(aux)
+  hist = jax.tree.map(lambda *a: np.stack(a), *jax.device_get(hist))   # [steps, R]
+  out = []
+  for j in range(r):
+    loss = hist["loss"][:, j]
+    bad = np.flatnonzero(~np.isfinite(loss))
+    if len(bad):
+      raise FloatingPointError(f"run {j}: non-finite UDA loss at step {int(bad[0])}; lower uda.lr")
+    params = traverse_util.unflatten_dict({**{q: x[j] for q, x in train.items()}, **frozen})
+    v = {"params": params["model"], "batch_stats": stats}
+    z1 = embed(embed_fn, v, hs[j], model.out_dim)
+    info = uda.training_info({k: a[:, j] for k, a in hist.items()}, float(z0[j].var(0).sum()),
+                             float(z1.var(0).sum()))
+    out.append((v, np.asarray(mu[j]), info))
+  return out

@@ -178,6 +178,14 @@ class StepFunctions:
       self._embeds[key] = jax.jit(uda.make_embed(model))
     return self._embeds[key]
 
+  def run_step(self, model: uda.Model, s: uda.Settings, params_template, class_batch="auto"):
+    """`loops.uda_run_step` (runs mapped together) for `model` and `s`."""
+    cb = (1 if jax.default_backend() == "cpu" else 0) if class_batch == "auto" else int(class_batch)
+    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, s, cb)
+    if key not in self._steps:
+      self._steps[key] = loops.uda_run_step(model, s, params_template, cb)
+    return self._steps[key]
+
   def step(self, model: uda.Model, s: uda.Settings, params_template):
     """`(step, embed, optimizer)` for `model` and settings `s` (`loops.train_uda`'s `fns`)."""
     key = (model.width, model.depth, model.start_block, model.out_dim, s)
@@ -187,32 +195,59 @@ class StepFunctions:
     return self._steps[key]
 
 
+def prepare_one(config, cache, split, method, seed, target, fns: "StepFunctions"):
+  """What one run trains on: `(model, variables, hs, ht, hte, dom, settings, k_init, k_train)`."""
+  k_init, k_dom, k_train = jax.random.split(jax.random.key(seed), 3)
+  hs = cache.take(config.data.source, split.source_train)
+  ht = cache.take(target, split.target_train)
+  hte = cache.take(target, split.target_test)
+  model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
+                                    k_init, hs)
+  dom = dominant_set(method, config, split, cache, model, variables, k_dom, target,
+                     fns.embed(model))
+  return model, variables, hs, ht, hte, dom, settings(config, method), k_init, k_train
+
+
+def score_one(split, prep, trained, embed_fn) -> dict:
+  """The record's numbers of one trained run."""
+  model, _, hs, ht, hte, dom = prep[:6]
+  v, mu, info = trained
+  s = np.sum((loops.embed(embed_fn, v, hte, model.out_dim) - mu) ** 2, axis=1)
+  lab = split.target_train_labels
+  return {"auc": metrics.auroc(split.target_test_labels, s), **info,
+          "n_source": len(hs), "n_target_train": len(ht), "n_target_test": len(hte),
+          "n_target_anomalous": int(lab.sum()), "d_size": int(dom.sum()),
+          "d_purity": float(np.mean(lab[dom] == 0)) * 100 if dom.any() else None}
+
+
 def run_one(config, cache, split, method, seed, target, fns: StepFunctions | None = None):
   """Trains and scores one (split, method, seed); returns the record's numbers.
 
   `fns` (a `StepFunctions`) reuses compiled steps across runs.
   """
   fns = fns or StepFunctions()
-  key = jax.random.key(seed)
-  k_init, k_dom, k_train = jax.random.split(key, 3)
-  src, tgt = config.data.source, target
-  hs = cache.take(src, split.source_train)
-  ht = cache.take(tgt, split.target_train)
-  hte = cache.take(tgt, split.target_test)
-  model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
-                                    k_init, hs)
-  s_run = settings(config, method)
-  dom = dominant_set(method, config, split, cache, model, variables, k_dom, tgt, fns.embed(model))
+  prep = prepare_one(config, cache, split, method, seed, target, fns)
+  model, variables, hs, ht, _, dom, s_run, k_init, k_train = prep
   step_fns = fns.step(model, s_run, uda.init_params(model, variables, k_init))
-  v, mu, info = loops.train_uda(model, step_fns, variables, hs, ht, dom, s_run, k_train)
-  z = loops.embed(step_fns[1], v, hte, model.out_dim)
-  s = np.sum((z - mu) ** 2, axis=1)
-  lab = split.target_train_labels
-  out = {"auc": metrics.auroc(split.target_test_labels, s), **info,
-         "n_source": len(hs), "n_target_train": len(ht), "n_target_test": len(hte),
-         "n_target_anomalous": int(lab.sum()), "d_size": int(dom.sum()),
-         "d_purity": float(np.mean(lab[dom] == 0)) * 100 if dom.any() else None}
-  return out
+  trained = loops.train_uda(model, step_fns, variables, hs, ht, dom, s_run, k_train)
+  return score_one(split, prep, trained, step_fns[1])
+
+
+def run_many(config, cache, splits, method, seeds_, target, fns: StepFunctions) -> list[dict]:
+  """`run_one` for several (class, seed) runs of one (target, method), trained together.
+
+  One mapped step per iteration (`loops.train_uda_runs`; `config.uda.vmap_runs`); the same
+  numbers as `run_one` run by run, to float rounding (tests/test_uda.py).
+  """
+  preps = [prepare_one(config, cache, sp, method, sd, target, fns)
+           for sp, sd in zip(splits, seeds_)]
+  model, s_run = preps[0][0], preps[0][6]
+  template = uda.init_params(model, preps[0][1], preps[0][7])
+  run_step = fns.run_step(model, s_run, template, config.uda.get("class_batch", "auto"))
+  trained = loops.train_uda_runs(model, run_step, [p[1] for p in preps], [p[2] for p in preps],
+                                 [p[3] for p in preps], [p[5] for p in preps], s_run,
+                                 [p[8] for p in preps], fns.embed(model))
+  return [score_one(sp, p, t, fns.embed(model)) for sp, p, t in zip(splits, preps, trained)]
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -233,24 +268,44 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
   cache = FeatureCache(config, workdir, index)
   fns = StepFunctions()
   computed = 0
-  for t, c, seed, m in tqdm(jobs, desc="uda runs"):
+  def split_of(t, c, seed):
+    return domains.one_vs_all(index, config.data.source, t, c, seed, config.data.contamination,
+                              config.data.target_train_fraction,
+                              config.data.max_test_per_class or None,
+                              config.data.max_source or None, config.data.min_images)
+
+  def finish(t, c, seed, m, numbers, seconds):
+    nonlocal computed
     rec = {"dataset": config.data.dataset_name, "source": config.data.source, "target": t,
-           "normal_class": c, "method": m, "seed": seed}
-    if tuple(rec[k] for k in IDENTITY) in done:
-      continue
-    split = domains.one_vs_all(index, config.data.source, t, c, seed, config.data.contamination,
-                               config.data.target_train_fraction,
-                               config.data.max_test_per_class or None,
-                               config.data.max_source or None, config.data.min_images)
-    t0 = time.perf_counter()
-    rec.update(run_one(config, cache, split, m, seed, t, fns))
-    rec.update({"alignment": None if m == "source_only" else config.uda.alignment,
-                "contamination": config.data.contamination, "seconds": time.perf_counter() - t0})
+           "normal_class": c, "method": m, "seed": seed, **numbers,
+           "alignment": None if m == "source_only" else config.uda.alignment,
+           "contamination": config.data.contamination, "seconds": seconds}
     records.append(rec)
     done.add(tuple(rec[k] for k in IDENTITY))
     save(workdir, records)
     computed += 1
     print(" | ".join(f"{k}={report._fmt(rec[k])}" for k in KEYS), flush=True)
+
+  todo = [j for j in jobs if ident({"dataset": config.data.dataset_name,
+                                    "source": config.data.source, "target": j[0],
+                                    "normal_class": j[1], "seed": j[2], "method": j[3]}) not in done]
+  if config.uda.get("vmap_runs", False):
+    # Every (class, seed) of one (target, method) trained together: one mapped step per iteration.
+    groups = {}
+    for t, c, seed, m in todo:
+      groups.setdefault((t, m), []).append((c, seed))
+    for (t, m), runs in tqdm(groups.items(), desc="uda run groups"):
+      t0 = time.perf_counter()
+      splits = [split_of(t, c, seed) for c, seed in runs]
+      out = run_many(config, cache, splits, m, [seed for _, seed in runs], t, fns)
+      share = (time.perf_counter() - t0) / len(runs)
+      for (c, seed), numbers in zip(runs, out):
+        finish(t, c, seed, m, {**numbers, "vmap_runs": len(runs)}, share)
+  else:
+    for t, c, seed, m in tqdm(todo, desc="uda runs"):
+      t0 = time.perf_counter()
+      numbers = run_one(config, cache, split_of(t, c, seed), m, seed, t, fns)
+      finish(t, c, seed, m, numbers, time.perf_counter() - t0)
   print(workdir_lib.summary_line(run, computed), flush=True)
   return records
 

@@ -185,3 +185,63 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
                                   "--config.data.targets=nope", f"--workdir={work}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "unknown domain 'nope'; known: src, tgt" in bad.stderr
+
+
+@pytest.mark.parametrize("alignment,class_batch", [("contrastive", 0), ("mmd", 1)])
+def test_runs_trained_together_equal_one_by_one(lite, alignment, class_batch):
+  """Classes x seeds of the one-vs-all protocol in one mapped step == `train_uda` per run."""
+  module, variables = lite
+  start = uda.stage_start(module, 7)
+  rng = np.random.default_rng(3)
+  from helpers import texture
+  from rodajax.features import crop_and_normalise
+  imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
+                   for _ in range(48)]).astype(np.uint8)
+  trunk = uda.trunk_features(module, variables, start)
+  h = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
+  s = uda.Settings(alignment=alignment, steps=5, batch=8, lr=1e-3)
+  runs = []
+  for r, (a, b, n_t) in enumerate([(0, 16, 12), (8, 28, 16), (20, 32, 10)]):  # different sizes
+    model, v = uda.init_model(module, variables, start, 16, jax.random.key(10 + r), jnp.asarray(h))
+    dom = np.arange(n_t) % 3 != 0
+    runs.append((v, h[a:b], h[b:b + n_t], dom, jax.random.key(20 + r)))
+  fns = uda_train.StepFunctions()
+  template = uda.init_params(model, runs[0][0], jax.random.key(0))
+  one = [loops.train_uda(model, fns.step(model, s, template), v, hs, ht, d, s, k)
+         for v, hs, ht, d, k in runs]
+  vs, hss, hts, doms, keys = (list(x) for x in zip(*runs))
+  together = loops.train_uda_runs(model, loops.uda_run_step(model, s, template, class_batch),
+                                  vs, hss, hts, doms, s, keys, fns.embed(model))
+  for (v1, mu1, i1), (v2, mu2, i2), run in zip(one, together, runs):
+    np.testing.assert_allclose(mu1, mu2, rtol=1e-5, atol=1e-5)
+    for k in ("loss_first", "loss_last", "l_ad_first", "l_ad_last", "var_ratio"):
+      np.testing.assert_allclose(i1[k], i2[k], rtol=1e-3, err_msg=k)
+    s1 = np.sum((loops.embed(fns.embed(model), v1, run[2], 16) - mu1) ** 2, 1)
+    s2 = np.sum((loops.embed(fns.embed(model), v2, run[2], 16) - mu2) ** 2, 1)
+    np.testing.assert_allclose(s1, s2, rtol=1e-3, atol=1e-5)
+    assert i1["loss_last"] != i1["loss_first"]      # it trained: the comparison is not vacuous
+  with pytest.raises(ValueError, match="each needs uda.batch=8"):
+    loops.train_uda_runs(model, loops.uda_run_step(model, s, template),
+                         [runs[0][0]] * 2, [h[:4], h[:16]], [h[:12]] * 2, [runs[0][3]] * 2,
+                         s, [jax.random.key(0)] * 2, fns.embed(model))
+
+
+def test_uda_runs_vmapped_give_the_loops_records(tmp_path):
+  """config.uda.vmap_runs: (class, seed) runs of a (target, method) trained together."""
+  from configs import pacs
+  _write_domains(tmp_path / "data")
+  recs = {}
+  for vm in (False, True):
+    c = pacs.get_config()
+    c.data.root, c.data.source, c.data.targets = str(tmp_path / "data"), "src", ("tgt",)
+    c.data.classes, c.data.resize, c.seeds = ("k0", "k1"), 64, 2
+    c.uda.steps, c.uda.batch, c.uda.methods = 4, 8, ("source_only", "cluster_psi")
+    c.data.min_images, c.data.contamination, c.uda.vmap_runs = 4, 0.2, vm
+    out = uda_train.train_and_evaluate(c, str(tmp_path / f"w{vm}"))
+    recs[vm] = {(r["normal_class"], r["seed"], r["method"]): r for r in out}
+  assert set(recs[False]) == set(recs[True]) and len(recs[True]) == 2 * 2 * 2
+  for k, a in recs[False].items():
+    b = recs[True][k]
+    assert abs(a["auc"] - b["auc"]) <= 0.5, (k, a["auc"], b["auc"])
+    np.testing.assert_allclose(a["loss_last"], b["loss_last"], rtol=1e-3)
+    assert a["d_size"] == b["d_size"] and b["vmap_runs"] == 4
