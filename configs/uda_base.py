@@ -22,6 +22,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.max_source = 0          # 0 = every source image of the normal class
   c.data.min_images = 8
   c.data.anomaly_threshold = 0.67  # ELPV only
+  c.data.tfds_dir = ""           # domain folders: images prepared once into ArrayRecord here
+                                 # (tensorflow-datasets) for the feature cache ("" = decode)
 
   c.model = ml_collections.ConfigDict()
   c.model.backbone = "efficientnet_lite0"

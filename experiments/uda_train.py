@@ -112,8 +112,15 @@ class FeatureCache:
         m = self.psi_module
         psi_fn = jax.jit(lambda x: m.apply(self.psi_vars, x, train=False)["pooled"])
       tr, ps = [], []
+      if self.config.data.get("tfds_dir", ""):   # images prepared once into ArrayRecord (tfds)
+        from rodajax.data import prepared
+        pixels = prepared.load_domain(self.index[domain], size, self.config.data.tfds_dir,
+                                      lambda p: images.load_many(p, size))[0]
+        read = lambda s: pixels[s:s + bs]
+      else:
+        read = lambda s: images.load_many(paths[s:s + bs], size)
       for s in tqdm(range(0, len(paths), bs), desc=f"{domain}: frozen features"):
-        x = crop_and_normalise(jax.numpy.asarray(images.load_many(paths[s:s + bs], size)), size)
+        x = crop_and_normalise(jax.numpy.asarray(read(s)), size)
         # float16 storage: identical numbers whether computed now or read back later
         tr.append(np.asarray(trunk_fn(x)).astype(np.float16))
         if psi_fn is not None:

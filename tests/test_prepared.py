@@ -66,3 +66,28 @@ def test_prepared_elpv_without_masks(tmp_path):
   c.tfds_dir = ""
   _same(data.load(c, "mono", seed=1), got)
   assert got.test.masks is None
+
+
+def test_prepared_domain_folder(tmp_path):
+  """PACS / DomainBed layout: one domain's images prepared once, in the index's order."""
+  from PIL import Image
+  from rodajax.data import domains, images
+  rng = np.random.default_rng(0)
+  for c, n in (("dog", 3), ("cat", 4)):
+    os.makedirs(tmp_path / "pacs" / "photo" / c)
+    for i in range(n):
+      Image.fromarray(rng.integers(0, 255, (40, 30, 3)).astype(np.uint8)).save(
+          tmp_path / "pacs" / "photo" / c / f"{i}.png")
+  index = domains.index_domains(str(tmp_path / "pacs"))["photo"]
+  calls = []
+
+  def decode(paths):
+    calls.append(len(paths))
+    return images.load_many(paths, 32)
+  got, paths, made = prepared.load_domain(index, 32, str(tmp_path / "tfds"), decode)
+  want = images.load_many(paths, 32)
+  assert made and calls == [7] and paths[0].endswith(os.path.join("cat", "0.png"))
+  np.testing.assert_array_equal(got, want)
+  again, _, made = prepared.load_domain(index, 32, str(tmp_path / "tfds"), decode)
+  assert not made and calls == [7]
+  np.testing.assert_array_equal(again, want)

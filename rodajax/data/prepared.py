@@ -9,9 +9,9 @@ installed; tfds writes and reads ArrayRecord without it). A second run with
 the same data settings reads the prepared files and never opens an image.
 
 Works for every image dataset `rodajax.data.load` knows (MVTec AD, MVTec
-3D-AD RGB, Real-IAD single view, ELPV). PACS / DomainBed folders (UDA) are
-read by `rodajax.data.domains` and are not prepared here. The prepared copy
-lives under `tfds_dir/<fingerprint of the data settings>/`.
+3D-AD RGB, Real-IAD single view, ELPV), and for PACS / DomainBed folders
+(`load_domain`: one domain's images, resized, in the index's order; UDA).
+The prepared copy lives under `tfds_dir/<fingerprint of the settings>/`.
 """
 from __future__ import annotations
 
@@ -116,3 +116,62 @@ def load_prepared(config_data, category: str, seed: int, tfds_dir: str,
   sources = builder.as_data_source()
   return Dataset(config_data.name, category, _read(sources["train"]), _read(sources["test"])), \
       prepared_now
+
+
+def _domain_builder_class():
+  import tensorflow_datasets as tfds
+
+  class RodajaxDomain(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """One domain of a <root>/<domain>/<class>/<images> tree: resized uint8 images, class, file."""
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "resized uint8 images, class names, file names"}
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):   # see RodajaxImages
+      from etils import epath
+      return epath.Path(__file__)
+
+    def __init__(self, *, paths, classes, size: int, decode: Callable, **kwargs):
+      self._paths, self._classes, self._size, self._decode = paths, classes, size, decode
+      super().__init__(**kwargs)
+
+    def _info(self):
+      s = self._size
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8),
+          "index": tfds.features.Scalar(dtype=np.int64),
+          "class": tfds.features.Text(), "name": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"images": self._generate_examples()}
+
+    def _generate_examples(self):
+      for s in range(0, len(self._paths), 64):
+        imgs = self._decode(self._paths[s:s + 64])
+        for i, img in enumerate(imgs):
+          j = s + i
+          yield j, {"image": img, "index": j, "class": self._classes[j], "name": self._paths[j]}
+
+  return RodajaxDomain
+
+
+def load_domain(index_domain: dict, size: int, tfds_dir: str,
+                decode: Callable) -> tuple[np.ndarray, list[str], bool]:
+  """`(images [N, size, size, 3] uint8, paths, prepared_now)` of one domain, classes sorted.
+
+  `index_domain`: `{class: [paths]}` (`domains.index_domains(root)[domain]`); `decode(paths)
+  -> [n, size, size, 3]` runs only when no prepared copy exists.
+  """
+  paths = [p for c in sorted(index_domain) for p in index_domain[c]]
+  classes = [c for c in sorted(index_domain) for _ in index_domain[c]]
+  blob = json.dumps([[os.path.abspath(p) for p in paths], size])
+  data_dir = os.path.join(os.path.abspath(tfds_dir), hashlib.sha1(blob.encode()).hexdigest()[:16])
+  builder = _domain_builder_class()(paths=paths, classes=classes, size=size, decode=decode,
+                                    data_dir=data_dir, file_format="array_record")
+  prepared_now = not builder.is_prepared()
+  if prepared_now:
+    builder.download_and_prepare()
+  src = builder.as_data_source()["images"]
+  rows = sorted((src[i] for i in range(len(src))), key=lambda r: int(r["index"]))
+  return np.stack([r["image"] for r in rows]), paths, prepared_now
