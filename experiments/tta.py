@@ -79,13 +79,15 @@ def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
 
   `prepare(images) -> module input` (default: centre crop + ImageNet
   normalisation); point clouds pass `points.encoder_input` and
-  `augment.point_views`. `classes=True` vmaps each function across a leading
-  class axis of every argument (state, source, images, key) before jitting:
-  the functions of `run_classes`.
+  `augment.point_views`. `classes=True` maps each function over a leading
+  class axis (`adapt.class_map`: a vmap, or groups of `adapt.class_batch`
+  classes) with the frozen weights shared, before jitting: the functions of
+  `run_classes`. The class step takes and returns an `AdaptState` whose
+  BatchNorm leaves, statistics and optimiser state carry the class axis.
   """
   s = settings(cfg_adapt, method)
   optimizer = adapt.make_optimizer(params, cfg_adapt.lr, cfg_adapt.optimizer)
-  jit, step = (lambda f, n_args: jax.jit(f)), None
+  jit, step = (lambda f, n_args: jax.jit(f)), None   # n_args: for the class map's in_axes
   if classes:   # variables as adapt.stack_classes: BN leaves per class, frozen weights shared
     cb = class_batch(cfg_adapt)
     v_axes = {"params": adapt.class_axes(params), "batch_stats": 0}
