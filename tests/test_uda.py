@@ -187,7 +187,8 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
   assert bad.returncode != 0 and "unknown domain 'nope'; known: src, tgt" in bad.stderr
 
 
-@pytest.mark.parametrize("alignment,class_batch", [("contrastive", 0), ("mmd", 1)])
+@pytest.mark.parametrize("alignment,class_batch", [("contrastive", 0)])   # mmd, class_batch 1:
+                                                                           # the experiment test
 def test_runs_trained_together_equal_one_by_one(lite, alignment, class_batch):
   """Classes x seeds of the one-vs-all protocol in one mapped step == `train_uda` per run."""
   module, variables = lite
