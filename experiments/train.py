@@ -355,12 +355,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             group = [(p, sh) for (p, t), sh in zip(work, shifted) if (fraction, method) in t]
             if not group:
               continue
-            adapted = [None] * len(group)
-            if method != "none":
+            adapted = [None] * len(group)    # None: run_one adapts the category itself
+            splits = [target_split(len(p[0].test), fraction, seed) for p, _ in group]
+            fns = (ctx.functions(method, variables["params"], classes=True)
+                   if method != "none" else None)
+            problem = fns and tta.stack_problem(fns.settings, config.adapt,
+                                                [len(p[2].bank) for p, _ in group],
+                                                [len(a) for a, _ in splits])
+            if problem:
+              log.warning("%s/%s: categories adapted one by one: %s", shift, method, problem)
+            if fns and not problem:
               t0 = time.perf_counter()
-              splits = [target_split(len(p[0].test), fraction, seed) for p, _ in group]
               out = tta.run_classes(
-                  method, ctx.functions(method, variables["params"], classes=True), config.adapt,
+                  method, fns, config.adapt,
                   [p[1] for p, _ in group], [p[2] for p, _ in group],
                   [sh[0][a] for (_, sh), (a, _) in zip(group, splits)],
                   [jax.random.key(seed)] * len(group), progress=tqdm)

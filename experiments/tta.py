@@ -151,13 +151,33 @@ def target_statistics(moments: Callable, variables, images: np.ndarray, batch: i
   return jax.tree.map(pool, *parts, is_leaf=is_layer)
 
 
+def holdout_size(n: int, fraction: float) -> int:
+  """Held-out images of `n` (at least one held out and one left to train on)."""
+  return int(np.clip(round(fraction * n), 1, n - 1))
+
+
+def stack_problem(settings: adapt.Settings, cfg_adapt, bank_sizes, n_images) -> str | None:
+  """Why these classes cannot adapt together in `run_classes`, or None if they can."""
+  try:
+    adapt.check_class_banks(settings, bank_sizes)
+  except ValueError as e:
+    return str(e)
+  n_train = [n - holdout_size(n, cfg_adapt.holdout_fraction) if cfg_adapt.safeguard and n >= 2
+             else n for n in n_images]
+  if len(set(n_train)) > 1 and min(n_train) < cfg_adapt.batch_images:
+    return (f"classes adapted together have {min(n_train)}..{max(n_train)} training images after "
+            f"the hold-out; each needs at least adapt.batch_images={cfg_adapt.batch_images} (or "
+            "all the same number): lower adapt.batch_images or adapt them one by one")
+  return None
+
+
 def split_holdout(n: int, fraction: float, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
   """Seeded `(train_idx, holdout_idx)` of n adaptation images; at least one of each."""
   if n < 2:
     raise cli.UserError(f"the safeguard needs at least 2 adaptation images (1 held out), got {n}; "
                         "give more target images (config.shift.adapt_fraction in experiments) "
                         "or set config.adapt.safeguard=False")
-  k = int(np.clip(round(fraction * n), 1, n - 1))
+  k = holdout_size(n, fraction)
   perm = np.asarray(jax.random.permutation(key, n))
   return np.sort(perm[k:]), np.sort(perm[:k])
 
@@ -355,7 +375,9 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
     raise cli.UserError("no adaptation images; give target images (config.shift.adapt_fraction "
                         "in experiments)")
   sizes = [len(s.bank) for s in sources]
-  adapt.check_class_banks(fns.settings, sizes)
+  problem = stack_problem(fns.settings, cfg_adapt, sizes, [len(x) for x in images])
+  if problem:
+    raise cli.UserError(problem)
   if len(set(sizes)) > 1:
     banks, valid = scoring.pad_banks([s.bank for s in sources])
     source = adapt.Source(jnp.asarray(banks), stack([s.mean for s in sources]),
@@ -371,11 +393,6 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
   n_train = [len(t) for t in train]
   equal = len(set(n_train)) == 1
   batch = min(cfg_adapt.batch_images, min(n_train))
-  if not equal and min(n_train) < cfg_adapt.batch_images:
-    raise cli.UserError(f"classes adapted together have {min(n_train)}..{max(n_train)} training "
-                        f"images after the hold-out; each needs at least adapt.batch_images="
-                        f"{cfg_adapt.batch_images} (or all the same number): lower "
-                        "adapt.batch_images or adapt them one by one")
   infos = [{"bn_mode": cfg_adapt.bn_mode, "n_adapt_train": len(p[0]), "n_holdout": len(p[1])}
            for p in parts]
   v0 = fns.stack(variables)
