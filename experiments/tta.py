@@ -56,7 +56,8 @@ class Functions:
 
 
 def class_batch(cfg_adapt) -> int:
-  """Classes per vmapped group (`adapt.class_batch`; "auto": 1 on CPU, all elsewhere).
+  """Classes per vmapped group (`adapt.class_batch`, `uda.class_batch`; "auto": 1 on CPU, 0 = all
+  elsewhere).
 
   On a CPU a batch of classes is no faster than one after the other (the cores
   are busy either way) and batched kernels cost more; accelerators want the
@@ -68,7 +69,7 @@ def class_batch(cfg_adapt) -> int:
   try:
     return int(v)
   except ValueError:
-    raise cli.UserError(f"config.adapt.class_batch={v!r}: expects auto, 0 (every class in one "
+    raise cli.UserError(f"config class_batch={v!r}: expects auto, 0 (every class in one "
                         "vmap) or the number of classes per vmapped group") from None
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rodajax import backbones, cluster, metrics, report, uda
-from experiments import loops
+from experiments import loops, tta
 from experiments import workdir as workdir_lib
 from experiments.train import ConfigError
 from rodajax.data import domains, images, parse_categories
@@ -185,12 +185,11 @@ class StepFunctions:
       self._embeds[key] = jax.jit(uda.make_embed(model))
     return self._embeds[key]
 
-  def run_step(self, model: uda.Model, s: uda.Settings, params_template, class_batch="auto"):
-    """`loops.uda_run_step` (runs mapped together) for `model` and `s`."""
-    cb = (1 if jax.default_backend() == "cpu" else 0) if class_batch == "auto" else int(class_batch)
-    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, s, cb)
+  def run_step(self, model: uda.Model, s: uda.Settings, params_template, class_batch: int):
+    """`loops.uda_run_step` (runs mapped together) for `model`, `s` and the group size."""
+    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, s, class_batch)
     if key not in self._steps:
-      self._steps[key] = loops.uda_run_step(model, s, params_template, cb)
+      self._steps[key] = loops.uda_run_step(model, s, params_template, class_batch)
     return self._steps[key]
 
   def step(self, model: uda.Model, s: uda.Settings, params_template):
@@ -250,7 +249,7 @@ def run_many(config, cache, splits, method, seeds_, target, fns: StepFunctions) 
            for sp, sd in zip(splits, seeds_)]
   model, s_run = preps[0][0], preps[0][6]
   template = uda.init_params(model, preps[0][1], preps[0][7])
-  run_step = fns.run_step(model, s_run, template, config.uda.get("class_batch", "auto"))
+  run_step = fns.run_step(model, s_run, template, tta.class_batch(config.uda))
   trained = loops.train_uda_runs(model, run_step, [p[1] for p in preps], [p[2] for p in preps],
                                  [p[3] for p in preps], [p[5] for p in preps], s_run,
                                  [p[8] for p in preps], fns.embed(model))

@@ -202,17 +202,16 @@ def test_depthwise_switch_gives_the_same_network(lite0):
                                                  else "conv")
   with pytest.raises(ValueError, match="unknown depthwise implementation 'cudnn'"):
     efficientnet.depthwise_impl("cudnn")
-  x = jnp.asarray(make_images(2, 96), jnp.float32)
-  x = (x - x.mean()) / (x.std() + 1e-6)
+  x = jnp.asarray(make_images(2, 64), jnp.float32)
   out, grads = {}, {}
-  for impl in ("shifted", "conv"):
-    m = module.clone(depthwise=impl, taps=("stage3", "stage5"))
+  for impl in ("shifted", "conv"):   # stage3: 3x3 and 5x5 kernels, strides 1 and 2
+    m = module.clone(depthwise=impl, taps=("stage3",))
 
     def loss(params):
       y = m.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=False)
-      return jnp.sum(y["stage5"] ** 2) + jnp.sum(y["stage3"]), y
+      return jnp.sum(y["stage3"] ** 2), y
     (_, out[impl]), grads[impl] = jax.value_and_grad(loss, has_aux=True)(variables["params"])
-  for tap in ("stage3", "stage5"):
+  for tap in ("stage3",):
     np.testing.assert_allclose(out["shifted"][tap], out["conv"][tap], rtol=1e-4, atol=1e-4)
   for (k, a), (_, b) in zip(sorted(traverse_util.flatten_dict(grads["shifted"]).items()),
                             sorted(traverse_util.flatten_dict(grads["conv"]).items())):

@@ -11,6 +11,7 @@ from conftest import ROOT, shared_path
 from helpers import plant_defect, texture, write_mvtec
 from experiments import cli, loops, train
 from configs import mvtec as mvtec_config
+from configs.base import get_base_config as base_config
 
 
 def _tiny_config(root, **kw):
@@ -224,8 +225,19 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
     assert a.get("safeguard", {}).get("kept") == b.get("safeguard", {}).get("kept")
     if a["method"] != "none":
       assert b["vmap_classes"] == 2
-  # Banks smaller than bank_patches cannot be stacked: the categories adapt one by one instead.
-  kw.update(adapt__bank_patches=64, adapt__methods="roda")
-  fallback = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True,
-                                                   **kw), str(tmp_path / "fallback"))
-  assert len(fallback) == 2 and all("vmap_classes" not in r for r in fallback)
+
+
+def test_stack_problem_names_why_categories_adapt_one_by_one():
+  """What `adapt.vmap_classes` checks before stacking (the experiment then adapts one by one)."""
+  from experiments import tta
+  from rodajax import adapt
+  cfg = base_config().adapt
+  cfg.batch_images, cfg.bank_patches = 2, 64
+  roda, kl = adapt.Settings(method="roda", bank_patches=64), adapt.Settings(method="kl")
+  assert "bank_patches to at most 38" in tta.stack_problem(roda, cfg, [38, 51], [6, 7])
+  assert tta.stack_problem(kl, cfg, [38, 51], [6, 7]) is None      # no bank subsets
+  assert tta.stack_problem(roda, cfg, [80, 80], [6, 7]) is None
+  # 3 images -> 1 held out -> 2 to train; with 6 -> 2 held out -> 4: batch 4 does not fit both.
+  cfg.batch_images = 4
+  assert "at least adapt.batch_images=4" in tta.stack_problem(roda, cfg, [80, 80], [3, 6])
+  assert tta.stack_problem(roda, cfg, [80, 80], [6, 6]) is None
