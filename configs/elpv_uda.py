@@ -7,17 +7,11 @@ Classes: normal (defect probability 0) and defective (>= 2/3); the target train 
 mixes poly normals with 10% defective poly cells, unlabelled. Embedded data (the
 elpv-dataset package), so this runs anywhere. Expect a few minutes on 2 CPU cores.
 """
-from configs.uda_base import get_base_config
+from configs import uda
 
 
 def get_config():
-  c = get_base_config()
-  c.data.name = "elpv"
-  c.data.dataset_name = "elpv"
-  c.data.source = "mono"
-  c.data.targets = ("poly",)
-  c.data.classes = ("normal",)
-  c.data.max_test_per_class = 0
+  c = uda.get_config("elpv")
   c.seeds = 3
   c.uda.methods = ("source_only", "all_target", "cluster_psi", "oracle")
   return c

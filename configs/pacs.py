@@ -14,10 +14,8 @@ Writes <workdir>/results.{json,md}: methods x targets, mean ± std over classes 
 seeds (the paper's Table 5 layout). Frozen features are cached per domain.
 Expect on 2 CPU cores: ~2 min of feature caching, then tens of seconds per run.
 """
-from configs.uda_base import get_base_config
+from configs import uda
 
 
 def get_config():
-  c = get_base_config()
-  c.data.root = "../shared/data/pacs"
-  return c
+  return uda.get_config("pacs")
