@@ -7,6 +7,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.seed = 0                     # first seed; runs use seed .. seed + seeds - 1
   c.seeds = 3
   c.batch_size = 32              # images per forward pass when caching frozen features
+  c.cache_dir = ""               # frozen trunk / psi features per domain ("" = <workdir>/cache);
+                                 # point several studies at one folder to compute them once
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "domains"        # domains (<root>/<domain>/<class>/<images>) | elpv
@@ -45,6 +47,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda.steps = 60
   c.uda.batch = 32
   c.uda.grl_scale = 1.0
+  c.uda.contrastive = "negatives"  # denominator of Eqs. 8-9: negatives (as written) | infonce
+  c.uda.space = "euclidean"      # Deep SVDD on f(x) | on f(x)/||f(x)|| (sphere; matches the cosine)
+  c.uda.bn_bias = "frozen"       # BatchNorm beta frozen (Deep SVDD no-bias rule) | trained
   c.uda.vmap_runs = False        # train every (class, seed) of a (target, method) together: one
                                  # mapped step per iteration (same numbers as run by run)
   c.uda.class_batch = "auto"     # runs per vmapped group: 0 = all (accelerators), auto = 1 on CPU

@@ -138,7 +138,7 @@ def uda_run_step(model: uda.Model, s: uda.Settings, params_template,
   from rodajax import adapt
   step, opt = uda.make_step(model, s, params_template)
   labels = traverse_util.flatten_dict(
-      {"model": uda.param_labels(params_template["model"], s.trainable),
+      {"model": uda.param_labels(params_template["model"], s.trainable, s.bn_bias),
        "disc": jax.tree.map(lambda _: "train", params_template["disc"])})
 
   def one(train, frozen, opt_state, stats, hs, ht, dom, mu):

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from rodajax import backbones, cluster, metrics, report, uda
+from rodajax import backbones, cluster, losses, metrics, report, uda
 from experiments import loops, tta
 from experiments import workdir as workdir_lib
 from experiments.train import ConfigError
@@ -63,6 +63,10 @@ def validate(config, index) -> None:
                       f"{', '.join(cluster.METHODS)}")
   if not 0.0 <= config.data.contamination < 1.0:
     raise ConfigError(f"config.data.contamination={config.data.contamination} must be in [0, 1)")
+  for key, known in (("contrastive", losses.DENOMINATORS), ("bn_bias", uda.BN_BIAS),
+                     ("space", uda.SPACES)):
+    if config.uda[key] not in known:
+      raise ConfigError(f"unknown uda.{key} {config.uda[key]!r}; known: {', '.join(known)}")
   if config.uda.trainable not in uda.TRAINABLE:
     raise ConfigError(f"unknown uda.trainable {config.uda.trainable!r}; known: "
                       f"{', '.join(uda.TRAINABLE)}")
@@ -73,7 +77,17 @@ def _all_classes(config, index):
 
 
 class FeatureCache:
-  """Frozen trunk and psi features of every image of a domain, computed once."""
+  """Frozen trunk features (f's frozen part) and psi features of every image of a domain.
+
+  Each is computed once per domain and written to `config.cache_dir` (default
+  `workdir/cache/`) in its own file (keyed
+  by the data, the size and the encoder), so changing psi does not recompute the trunk.
+  psi is a bundled or user-supplied backbone name (`backbones.create(name, "pretrained")`:
+  efficientnet_lite0/1/2, resnet18/50, wide_resnet50_2 with the user's torchvision weights),
+  "f" (cluster on f itself), or "file:<path>.npz": features computed elsewhere (CLIP,
+  DINOv2, ...) with arrays `paths` [N] (image paths, absolute or relative to data.root) and
+  `features` [N, D].
+  """
 
   def __init__(self, config, workdir, index):
     self.config, self.index = config, index
@@ -81,64 +95,120 @@ class FeatureCache:
     if not isinstance(self.backbone, backbones.EfficientNetLite):
       raise ConfigError("UDA needs an EfficientNet-Lite backbone (config.model.backbone)")
     self.start = uda.stage_start(self.backbone, config.model.tail_stage)
-    self.dir = os.path.join(workdir, "cache")
+    self.dir = config.get("cache_dir", "") or os.path.join(workdir, "cache")
     self.mem: dict[str, dict] = {}
     psi = config.uda.psi
-    self.psi_module = self.psi_vars = None
-    if psi not in ("f",):
+    self.psi_module = self.psi_vars = self.psi_file = None
+    if psi.startswith("file:"):
+      self.psi_file = load_psi_file(psi[len("file:"):], config.data.root)
+    elif psi != "f":
       self.psi_module, self.psi_vars = backbones.create(psi, "pretrained")
 
-  def _key(self, domain):
+  def _path(self, domain, what, encoder):
     c = self.config
     blob = json.dumps([c.data.name, os.path.abspath(c.data.root) if c.data.root else "",
-                       domain, c.data.resize, c.model.backbone, c.model.tail_stage, c.uda.psi,
-                       self.index[domain]], sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+                       domain, c.data.resize, encoder, self.index[domain]], sort_keys=True)
+    return os.path.join(self.dir, f"{domain}_{what}_{hashlib.sha1(blob.encode()).hexdigest()[:12]}.npz")
 
   def domain(self, domain: str) -> dict:
     """`{"paths": [...], "trunk": [N, h, w, C] float32, "psi": [N, D]}` for a domain."""
     if domain in self.mem:
       return self.mem[domain]
-    path = os.path.join(self.dir, f"{domain}_{self._key(domain)}.npz")
-    paths = [p for c in sorted(self.index[domain]) for p in self.index[domain][c]]
-    if os.path.exists(path):
-      with np.load(path) as z:
-        out = {"trunk": z["trunk"].astype(np.float32), "psi": z["psi"]}
-    else:
-      size, bs = self.config.data.resize, self.config.batch_size
-      trunk_fn = jax.jit(uda.trunk_features(self.backbone, self.vars, self.start))
-      psi_fn = None
-      if self.psi_module is not None:
-        m = self.psi_module
-        psi_fn = jax.jit(lambda x: m.apply(self.psi_vars, x, train=False)["pooled"])
-      tr, ps = [], []
-      if self.config.data.get("tfds_dir", ""):   # images prepared once into ArrayRecord (tfds)
-        from rodajax.data import prepared
-        pixels = prepared.load_domain(self.index[domain], size, self.config.data.tfds_dir,
-                                      lambda p: images.load_many(p, size))[0]
-        read = lambda s: pixels[s:s + bs]
-      else:
-        read = lambda s: images.load_many(paths[s:s + bs], size)
-      for s in tqdm(range(0, len(paths), bs), desc=f"{domain}: frozen features"):
-        x = crop_and_normalise(jax.numpy.asarray(read(s)), size)
-        # float16 storage: identical numbers whether computed now or read back later
-        tr.append(np.asarray(trunk_fn(x)).astype(np.float16))
-        if psi_fn is not None:
-          ps.append(np.asarray(psi_fn(x)))
-      out = {"trunk": np.concatenate(tr), "psi": np.concatenate(ps) if ps else np.zeros((len(paths), 0))}
+    c = self.config
+    paths = [p for k in sorted(self.index[domain]) for p in self.index[domain][k]]
+    files = {"trunk": self._path(domain, "trunk", [c.model.backbone, c.model.tail_stage]),
+             "psi": self._path(domain, "psi", c.uda.psi)}
+    out = {}
+    for what, path in files.items():
+      if os.path.exists(path):
+        with np.load(path) as z:
+          out[what] = z["x"]
+    if self.psi_file is not None:
+      out["psi"] = self.psi_file.take(paths)
+    elif self.psi_module is None:
+      out["psi"] = np.zeros((len(paths), 0), np.float32)
+    todo = [w for w in files if w not in out]
+    if todo:
+      out.update(self._compute(domain, paths, todo))
       os.makedirs(self.dir, exist_ok=True)
-      tmp = path + ".tmp.npz"
-      np.savez(tmp, trunk=out["trunk"], psi=out["psi"])
-      os.replace(tmp, path)
-      out["trunk"] = out["trunk"].astype(np.float32)
+      for what in todo:
+        tmp = files[what] + ".tmp.npz"
+        np.savez(tmp, x=out[what])
+        os.replace(tmp, files[what])
+    out["trunk"] = out["trunk"].astype(np.float32)
     out["paths"] = paths
     out["pos"] = {p: i for i, p in enumerate(paths)}
     self.mem[domain] = out
     return out
 
+  def _compute(self, domain, paths, todo) -> dict:
+    size, bs = self.config.data.resize, self.config.batch_size
+    fns = {}
+    if "trunk" in todo:
+      fns["trunk"] = jax.jit(uda.trunk_features(self.backbone, self.vars, self.start))
+    if "psi" in todo:
+      m, v = self.psi_module, self.psi_vars
+      fns["psi"] = jax.jit(lambda x: m.apply(v, x, train=False)["pooled"])
+    if self.config.data.get("tfds_dir", ""):   # images prepared once into ArrayRecord (tfds)
+      from rodajax.data import prepared
+      pixels = prepared.load_domain(self.index[domain], size, self.config.data.tfds_dir,
+                                    lambda p: images.load_many(p, size))[0]
+      read = lambda s: pixels[s:s + bs]
+    else:
+      read = lambda s: images.load_many(paths[s:s + bs], size)
+    acc = {w: [] for w in fns}
+    for s in tqdm(range(0, len(paths), bs), desc=f"{domain}: frozen {' + '.join(fns)} features"):
+      x = crop_and_normalise(jax.numpy.asarray(read(s)), size)
+      for w, fn in fns.items():
+        # the trunk in float16: identical numbers whether computed now or read back later
+        acc[w].append(np.asarray(fn(x)).astype(np.float16 if w == "trunk" else np.float32))
+    return {w: np.concatenate(a) for w, a in acc.items()}
+
   def take(self, domain, paths, what="trunk"):
     d = self.domain(domain)
     return d[what][[d["pos"][p] for p in paths]]
+
+
+class PsiFile:
+  """Precomputed psi features looked up by image path."""
+
+  def __init__(self, source, paths, features, root):
+    self.source, self.root = source, root
+    self.features = features
+    self.pos = {self._norm(p): i for i, p in enumerate(paths)}
+
+  def _norm(self, p):
+    p = str(p)
+    if self.root and not os.path.isabs(p):
+      p = os.path.join(self.root, p)
+    return os.path.normpath(os.path.abspath(p))
+
+  def take(self, paths) -> np.ndarray:
+    idx = [self.pos.get(self._norm(p)) for p in paths]
+    missing = [p for p, i in zip(paths, idx) if i is None]
+    if missing:
+      raise ConfigError(f"uda.psi file {self.source} has no features for {len(missing)} of "
+                        f"{len(paths)} images (first: {missing[0]}); recompute it over every "
+                        "image of the domains, with `paths` relative to data.root or absolute")
+    return self.features[idx]
+
+
+def load_psi_file(path: str, root: str) -> PsiFile:
+  """Reads a precomputed psi feature file (`paths` [N], `features` [N, D]); refuses bad ones."""
+  if not os.path.isfile(path):
+    raise ConfigError(f"uda.psi=file:{path}: no such file; write an .npz with arrays `paths` "
+                      "(image paths) and `features` [N, D]")
+  with np.load(path, allow_pickle=False) as z:
+    if "paths" not in z or "features" not in z:
+      raise ConfigError(f"uda.psi=file:{path} holds {sorted(z.files)}; it needs `paths` and "
+                        "`features`")
+    paths, feats = z["paths"], np.asarray(z["features"], np.float32)
+  if feats.ndim != 2 or len(feats) != len(paths):
+    raise ConfigError(f"uda.psi=file:{path}: features {feats.shape} for {len(paths)} paths; "
+                      "expected [N, D] with one row per path")
+  if not np.all(np.isfinite(feats)):
+    raise ConfigError(f"uda.psi=file:{path}: features hold NaN or inf")
+  return PsiFile(path, paths, feats, root)
 
 
 def dominant_set(method, config, split, cache, model, variables, key, target, embed_fn):
@@ -169,7 +239,8 @@ def settings(config, method) -> uda.Settings:
   u = config.uda
   return uda.Settings(alignment="none" if method == "source_only" else u.alignment,
                       lambda_ad=u.lambda_ad, lambda_uda=u.lambda_uda, tau=u.tau, lr=u.lr,
-                      steps=u.steps, batch=u.batch, trainable=u.trainable, grl_scale=u.grl_scale)
+                      steps=u.steps, batch=u.batch, trainable=u.trainable, grl_scale=u.grl_scale,
+                      contrastive=u.contrastive, bn_bias=u.bn_bias)
 
 
 class StepFunctions:
@@ -180,21 +251,22 @@ class StepFunctions:
 
   def embed(self, model: uda.Model):
     """Jitted `uda.make_embed(model)`."""
-    key = (model.width, model.depth, model.start_block, model.out_dim)
+    key = (model.width, model.depth, model.start_block, model.out_dim, model.normalise)
     if key not in self._embeds:
       self._embeds[key] = jax.jit(uda.make_embed(model))
     return self._embeds[key]
 
   def run_step(self, model: uda.Model, s: uda.Settings, params_template, class_batch: int):
     """`loops.uda_run_step` (runs mapped together) for `model`, `s` and the group size."""
-    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, s, class_batch)
+    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, model.normalise,
+           s, class_batch)
     if key not in self._steps:
       self._steps[key] = loops.uda_run_step(model, s, params_template, class_batch)
     return self._steps[key]
 
   def step(self, model: uda.Model, s: uda.Settings, params_template):
     """`(step, embed, optimizer)` for `model` and settings `s` (`loops.train_uda`'s `fns`)."""
-    key = (model.width, model.depth, model.start_block, model.out_dim, s)
+    key = (model.width, model.depth, model.start_block, model.out_dim, model.normalise, s)
     if key not in self._steps:
       step, opt = uda.make_step(model, s, params_template)
       self._steps[key] = (jax.jit(step), self.embed(model), opt)
@@ -208,7 +280,7 @@ def prepare_one(config, cache, split, method, seed, target, fns: "StepFunctions"
   ht = cache.take(target, split.target_train)
   hte = cache.take(target, split.target_test)
   model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
-                                    k_init, hs)
+                                    k_init, hs, normalise=config.uda.space == "sphere")
   dom = dominant_set(method, config, split, cache, model, variables, k_dom, target,
                      fns.embed(model))
   return model, variables, hs, ht, hte, dom, settings(config, method), k_init, k_train

@@ -73,34 +73,45 @@ def cosine_similarity(a: jax.Array, b: jax.Array, eps: float = 1e-8) -> jax.Arra
   return an @ bn.T
 
 
+DENOMINATORS = ("negatives", "infonce")
+
+
 def contrastive_alignment(zs: jax.Array, zt: jax.Array, dominant: jax.Array,
-                          tau: float = 0.1) -> jax.Array:
+                          tau: float = 0.1, denominator: str = "negatives") -> jax.Array:
   """Contrastive alignment of source normals with the target's dominant cluster
-  (Mejri et al., Eqs. 8-9), as written:
+  (Mejri et al., Eqs. 8-9):
 
-    l(x_s, x_t+) = -log [ exp(sim(f(x_s), f(x_t+)) / tau)
-                          / sum_{x_t- not in D} exp(sim(f(x_s), f(x_t-)) / tau) ]
-    L_UDA = mean over source samples x_s and dominant-cluster samples x_t+.
+    l(x_s, x_t+) = -log [ exp(sim(f(x_s), f(x_t+)) / tau) / den ]
+    L_UDA = mean over source samples x_s and dominant-cluster samples x_t+,
 
-  The denominator runs over the target samples *outside* the dominant cluster
-  D only (the positive is not in it, unlike InfoNCE), so the loss is not
-  bounded below by 0: it pulls source features towards the dominant cluster
-  and pushes them away from the target samples taken as anomalous.
+  with sim the cosine similarity and, by `denominator`:
+    "negatives" (the paper as written): den = sum_{x_t- not in D} exp(sim(x_s, x_t-) / tau).
+        The positive is not in it, so the loss is bounded below by -2/tau + ln M
+        (M negatives), not by 0, and it saturates there: -17.2 at tau 0.1, M 16.
+    "infonce": den = exp(sim(x_s, x_t+) / tau) + the sum above (van den Oord
+        et al. 2018): l >= 0, -> 0 when x_s is nearer x_t+ than every negative.
 
   Args:
     zs: `[n_s, D]` source features; zt: `[n_t, D]` target features.
     dominant: `[n_t]` bool, membership in D. Returns 0 when D is empty; when D
-      holds every target sample the denominator runs over all of them.
+      holds every target sample the negatives are all target samples.
   """
   chex.assert_rank([zs, zt], 2)
   chex.assert_shape(dominant, (zt.shape[0],))
+  if denominator not in DENOMINATORS:
+    raise ValueError(f"unknown contrastive denominator {denominator!r}; known: "
+                     f"{', '.join(DENOMINATORS)}")
   s = cosine_similarity(zs, zt) / tau                          # [n_s, n_t]
   n_pos = jnp.sum(dominant)
-  # No sample outside D (the "align all target" ablation): the denominator
-  # falls back to every target sample.
+  # No sample outside D (the "align all target" ablation): the negatives
+  # fall back to every target sample.
   neg_mask = jnp.where(n_pos < zt.shape[0], ~dominant, True)
-  log_den = jax.scipy.special.logsumexp(jnp.where(neg_mask[None], s, -jnp.inf), axis=1,
+  log_neg = jax.scipy.special.logsumexp(jnp.where(neg_mask[None], s, -jnp.inf), axis=1,
                                         keepdims=True)       # [n_s, 1]
+  if denominator == "infonce":   # the positive joins the negatives (once: when D is every
+    log_den = jnp.where(n_pos < zt.shape[0], jnp.logaddexp(log_neg, s), log_neg)  # sample, it is in)
+  else:
+    log_den = log_neg
   per_pair = log_den - s                                       # -log(exp(s) / den)
   val = jnp.sum(jnp.where(dominant[None], per_pair, 0.0)) / jnp.maximum(n_pos * zs.shape[0], 1)
   return jnp.where(n_pos > 0, val, 0.0)

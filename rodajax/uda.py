@@ -43,6 +43,8 @@ from rodajax.backbones.efficientnet import EfficientNetLite, block_specs
 
 ALIGNMENTS = ("contrastive", "mmd", "adversarial")
 TRAINABLE = ("bn_head", "all")
+BN_BIAS = ("frozen", "trained")
+SPACES = ("euclidean", "sphere")   # where Deep SVDD scores: f(x), or f(x) / ||f(x)|| (`Model.normalise`)
 
 
 def stage_start(module: EfficientNetLite, stage: int) -> int:
@@ -59,13 +61,17 @@ class Model(nn.Module):
   depth: float
   start_block: int
   out_dim: int = 128
+  normalise: bool = False   # f(x) / ||f(x)||: Deep SVDD on the unit sphere (uda.space="sphere")
 
   @nn.compact
   def __call__(self, h):
     tail = EfficientNetLite(width=self.width, depth=self.depth, start_block=self.start_block,
                             name="backbone")
     pooled = tail(h, train=False)["pooled"]
-    return nn.Dense(self.out_dim, use_bias=False, name="head")(pooled)
+    z = nn.Dense(self.out_dim, use_bias=False, name="head")(pooled)
+    if self.normalise:
+      z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
+    return z
 
 
 class Discriminator(nn.Module):
@@ -79,9 +85,9 @@ class Discriminator(nn.Module):
 
 
 def init_model(backbone: EfficientNetLite, backbone_vars: dict, start_block: int,
-               out_dim: int, key: jax.Array, h_example: jax.Array):
+               out_dim: int, key: jax.Array, h_example: jax.Array, normalise: bool = False):
   """`(model, variables)` with the tail's pretrained weights and a random head."""
-  model = Model(backbone.width, backbone.depth, start_block, out_dim)
+  model = Model(backbone.width, backbone.depth, start_block, out_dim, normalise)
   v = model.init(key, h_example[:1])
   params = traverse_util.flatten_dict(jax.tree.map(np.asarray, v["params"]))
   src = traverse_util.flatten_dict(backbone_vars["params"])
@@ -101,14 +107,23 @@ def trunk_features(backbone: EfficientNetLite, backbone_vars: dict, start_block:
   return lambda x: m.apply(backbone_vars, x, train=False)[f"block{start_block - 1}"]
 
 
-def param_labels(params, trainable: str = "bn_head"):
-  """'train' / 'frozen' per leaf: BN affine (`adapt.bn_labels`) + the head, or everything."""
+def param_labels(params, trainable: str = "bn_head", bn_bias: str = "frozen"):
+  """'train' / 'frozen' per leaf: BN affine (`adapt.bn_labels`) + the head, or everything.
+
+  `bn_bias="frozen"` keeps every BatchNorm shift (beta) at its pretrained value: Deep SVDD's
+  no-bias rule (Ruff et al. 2018, Prop. 2): with a trainable additive term the network can
+  map every input to a constant and reach zero loss (hypersphere collapse).
+  """
   if trainable not in TRAINABLE:
     raise ValueError(f"unknown uda.trainable {trainable!r}; known: {', '.join(TRAINABLE)}")
+  if bn_bias not in BN_BIAS:
+    raise ValueError(f"unknown uda.bn_bias {bn_bias!r}; known: {', '.join(BN_BIAS)}")
   flat = traverse_util.flatten_dict(adapt.bn_labels(params))
-  return traverse_util.unflatten_dict(
-      {k: "train" if trainable == "all" or k[0] == "head" or v == "bn" else "frozen"
-       for k, v in flat.items()})
+  def label(k, v):
+    if bn_bias == "frozen" and v == "bn" and k[-1] == "bias":
+      return "frozen"
+    return "train" if trainable == "all" or k[0] == "head" or v == "bn" else "frozen"
+  return traverse_util.unflatten_dict({k: label(k, v) for k, v in flat.items()})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +138,8 @@ class Settings:
   batch: int = 32
   trainable: str = "bn_head"
   grl_scale: float = 1.0
+  contrastive: str = "negatives"   # denominator of Eqs. 8-9: negatives (paper) | infonce
+  bn_bias: str = "frozen"          # BatchNorm beta: frozen (no-bias rule) | trained
 
 
 def make_step(model: Model, s: Settings, params_template):
@@ -135,7 +152,7 @@ def make_step(model: Model, s: Settings, params_template):
   """
   if s.alignment not in ALIGNMENTS + ("none",):
     raise ValueError(f"unknown uda.alignment {s.alignment!r}; known: none, {', '.join(ALIGNMENTS)}")
-  labels = {"model": param_labels(params_template["model"], s.trainable),
+  labels = {"model": param_labels(params_template["model"], s.trainable, s.bn_bias),
             "disc": jax.tree.map(lambda _: "train", params_template["disc"])}
   opt = optax.multi_transform({"train": optax.adam(s.lr), "frozen": optax.set_to_zero()}, labels)
   disc = Discriminator()
@@ -148,7 +165,7 @@ def make_step(model: Model, s: Settings, params_template):
       return l_ad, {"l_ad": l_ad, "l_uda": jnp.zeros(())}
     zt = f(ht)
     if s.alignment == "contrastive":
-      l_uda = losses.contrastive_alignment(zs, zt, dom, s.tau)
+      l_uda = losses.contrastive_alignment(zs, zt, dom, s.tau, s.contrastive)
     elif s.alignment == "mmd":
       l_uda = losses.mmd(zs, zt, y_weights=dom.astype(jnp.float32))
     else:

@@ -35,6 +35,40 @@ def test_contrastive_loss_hand_computed():
   assert float(losses.contrastive_alignment(zs, zt, jnp.zeros(3, bool), tau)) == 0.0
 
 
+def test_infonce_denominator_hand_computed_and_both_bounds():
+  zs = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+  zt = jnp.array([[3.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+  dom = jnp.array([True, False, False])
+  tau = 0.5
+  # InfoNCE: the positive joins the denominator. cos rows as above.
+  e = lambda c: math.exp(c / tau)
+  l0 = -math.log(e(1) / (e(1) + e(0) + e(-1)))
+  l1 = -math.log(e(0) / (e(0) + e(1) + e(0)))
+  got = float(losses.contrastive_alignment(zs, zt, dom, tau, "infonce"))
+  assert got == pytest.approx((l0 + l1) / 2, rel=1e-5)
+  # Every sample in D: each pair's denominator is every target sample, once.
+  all_dom = float(losses.contrastive_alignment(zs[:1], zt, jnp.ones(3, bool), tau, "infonce"))
+  want = np.mean([-math.log(e(c) / (e(1) + e(0) + e(-1))) for c in (1, 0, -1)])
+  assert all_dom == pytest.approx(want, rel=1e-5)
+  # Bounds: as written, >= -2/tau + ln M (M negatives), reached when the source points at
+  # the positive and away from every negative; InfoNCE >= 0.
+  tau, m = 0.1, 16
+  zs = jnp.tile(jnp.array([[1.0, 0.0]]), (4, 1))
+  zt = jnp.concatenate([jnp.array([[2.0, 0.0]]), jnp.tile(jnp.array([[-1.0, 0.0]]), (m, 1))])
+  dom = jnp.arange(m + 1) == 0
+  assert float(losses.contrastive_alignment(zs, zt, dom, tau)) == pytest.approx(
+      -2 / tau + math.log(m), rel=1e-5)
+  assert 0 <= float(losses.contrastive_alignment(zs, zt, dom, tau, "infonce")) < 1e-6
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    a, b = rng.normal(size=(8, 4)), rng.normal(size=(m + 4, 4))
+    d = jnp.asarray(rng.random(m + 4) < 0.3)
+    assert float(losses.contrastive_alignment(a, b, d, tau)) >= -2 / tau + math.log(int((~d).sum())) - 1e-4
+    assert float(losses.contrastive_alignment(a, b, d, tau, "infonce")) >= 0
+  with pytest.raises(ValueError, match="unknown contrastive denominator 'nce'"):
+    losses.contrastive_alignment(zs, zt, dom, tau, "nce")
+
+
 def test_mmd_identical_zero_shifted_positive_and_weights_select_a_subset():
   x = jax.random.normal(jax.random.key(0), (64, 5))
   assert abs(float(losses.mmd(x, x))) < 1e-6
@@ -102,8 +136,23 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   labels = traverse_util.flatten_dict(uda.param_labels(v["params"]))
   assert all(np.array_equal(a[k], b[k]) for k in a if labels[k] == "frozen")
   assert any(not np.array_equal(a[k], b[k]) for k in a if k[0] == "head")
+  # The no-bias rule: every BatchNorm shift is frozen (by default), every BN scale trains.
+  bn = {k for k in a if k[-1] == "scale"}
+  assert bn and all(labels[k] == "train" for k in bn)
+  assert all(labels[k[:-1] + ("bias",)] == "frozen" for k in bn)
+  assert any(not np.array_equal(a[k], b[k]) for k in bn)
+  trained = traverse_util.flatten_dict(uda.param_labels(v["params"], bn_bias="trained"))
+  assert all(trained[k[:-1] + ("bias",)] == "train" for k in bn)
+  with pytest.raises(ValueError, match="unknown uda.bn_bias 'x'"):
+    uda.param_labels(v["params"], bn_bias="x")
   sc = np.sum((loops.embed(fns[1], v2, hs, model.out_dim) - mu) ** 2, axis=1)
   assert sc.shape == (40,) and np.all(np.isfinite(sc))
+  # Deep SVDD on the sphere: unit-norm features, the same parameters.
+  sphere, vs = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs),
+                              normalise=True)
+  z, zf = (loops.embed(jax.jit(uda.make_embed(m)), v, hs[:6], 16) for m in (sphere, model))
+  np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(z, zf / np.linalg.norm(zf, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
 
 
 def _index(n_classes=4, n=20, domains_=("a", "b")):
@@ -161,12 +210,19 @@ def _write_domains(root, size=64):
 def test_uda_command_writes_records_and_resumes(tmp_path):
   _write_domains(tmp_path / "data")
   work = tmp_path / "work"
+  # psi from a precomputed feature file (paths relative to the root): each image's mean colour,
+  # which separates the classes exactly, so the dominant cluster is the normal class.
+  rel = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "data")
+               for d, _, fs in os.walk(tmp_path / "data") for f in fs)
+  cols = [np.asarray(Image.open(tmp_path / "data" / p), np.float32).mean((0, 1)) for p in rel]
+  np.savez(tmp_path / "psi.npz", paths=np.array(rel), features=np.stack(cols))
   cmd = [sys.executable, "-m", "experiments.uda", "--config", os.path.join(ROOT, "configs/pacs.py"),
          f"--config.data.root={tmp_path / 'data'}", "--config.data.source=src",
          "--config.data.targets=tgt", "--config.data.classes=k0", "--config.data.resize=64",
          "--config.seeds=2", "--config.uda.steps=3", "--config.uda.batch=8",
          "--config.uda.methods=source_only,cluster_psi,oracle", "--config.data.min_images=4",
-         "--config.data.contamination=0.2", f"--workdir={work}"]
+         "--config.data.contamination=0.2", f"--config.uda.psi=file:{tmp_path / 'psi.npz'}",
+         f"--workdir={work}"]
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   recs = json.load(open(work / "results.json"))
@@ -176,7 +232,8 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
       assert k in r
     assert 0 <= r["auc"] <= 100
   assert {r["method"] for r in recs} == {"source_only", "cluster_psi", "oracle"}
-  assert all(r["d_purity"] == 100.0 for r in recs if r["method"] == "oracle")
+  assert all(r["d_purity"] == 100.0 for r in recs if r["method"] in ("oracle", "cluster_psi"))
+  assert all(r["n_target_anomalous"] > 0 for r in recs)
   md = open(work / "results.md").read()
   assert "| cluster_psi |" in md and "±" in md
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
@@ -185,6 +242,30 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
                                   "--config.data.targets=nope", f"--workdir={work}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "unknown domain 'nope'; known: src, tgt" in bad.stderr
+
+
+def test_psi_file_features_are_matched_by_path_and_bad_files_refused(tmp_path):
+  root = tmp_path / "data"
+  paths = np.array(["a/c0/1.png", "a/c0/2.png", str(root / "b/c1/3.png")])
+  feats = np.arange(6, dtype=np.float32).reshape(3, 2)
+  f = tmp_path / "psi.npz"
+  np.savez(f, paths=paths, features=feats)
+  psi = uda_train.load_psi_file(str(f), str(root))
+  got = psi.take([str(root / "b/c1/3.png"), str(root / "a/c0/1.png")])
+  np.testing.assert_array_equal(got, feats[[2, 0]])
+  with pytest.raises(uda_train.ConfigError, match=r"no features for 1 of 2 images \(first: .*9.png\)"):
+    psi.take([str(root / "a/c0/9.png"), str(root / "a/c0/2.png")])
+  with pytest.raises(uda_train.ConfigError, match="no such file"):
+    uda_train.load_psi_file(str(tmp_path / "nope.npz"), "")
+  np.savez(f, paths=paths, feats=feats)
+  with pytest.raises(uda_train.ConfigError, match="needs `paths` and `features`"):
+    uda_train.load_psi_file(str(f), "")
+  np.savez(f, paths=paths[:2], features=feats)
+  with pytest.raises(uda_train.ConfigError, match="one row per path"):
+    uda_train.load_psi_file(str(f), "")
+  np.savez(f, paths=paths, features=np.where(feats > 4, np.nan, feats))
+  with pytest.raises(uda_train.ConfigError, match="NaN"):
+    uda_train.load_psi_file(str(f), "")
 
 
 @pytest.mark.parametrize("alignment,class_batch", [("contrastive", 0)])   # mmd, class_batch 1:

@@ -1,0 +1,58 @@
+"""One table from several UDA workdirs (ablations, sweeps): rows label/method, columns targets.
+
+  python -m experiments.uda_tables "MMD=runs/uda/mmd" "contrastive=runs/uda/con" [--methods m,..]
+
+Cells: AUC mean ± std over normal classes and seeds (n); then the mean over targets, the
+dominant set's size and purity, the feature variance ratio and the CPU time of the runs.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+from experiments import uda_train
+
+
+def rows(specs, methods=None):
+  out = []
+  for spec in specs:
+    label, _, path = spec.rpartition("=")
+    f = os.path.join(path, "results.json")
+    if not os.path.exists(f):
+      raise SystemExit(f"{f} does not exist: run `python -m experiments.uda --workdir {path}` first")
+    for r in json.load(open(f)):
+      if methods and r["method"] not in methods:
+        continue
+      name = r["method"] if not label else f"{label}: {r['method']}"
+      out.append({**r, "row": name})
+  return out
+
+
+def summary(recs) -> str:
+  lines = ["| row | n runs | mean D size | mean D purity (%) | mean var ratio | CPU s (sum) |",
+           "|---|---|---|---|---|---|"]
+  for name in dict.fromkeys(r["row"] for r in recs):
+    rs = [r for r in recs if r["row"] == name]
+    pur = [r["d_purity"] for r in rs if r.get("d_purity") is not None]
+    lines.append(f"| {name} | {len(rs)} | {np.mean([r['d_size'] for r in rs]):.1f} | "
+                 f"{np.mean(pur):.1f} | " if pur else f"| {name} | {len(rs)} | 0 | – | ")
+    lines[-1] += (f"{np.mean([r['var_ratio'] for r in rs]):.3f} | "
+                  f"{sum(r['seconds'] for r in rs):.0f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("specs", nargs="+", help="LABEL=WORKDIR (LABEL may be empty: =WORKDIR)")
+  ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
+  args = ap.parse_args()
+  recs = rows(args.specs, [m for m in args.methods.split(",") if m])
+  seeds = sorted({r["seed"] for r in recs})
+  print(f"AUC (%), mean ± std over normal classes and seeds {seeds}\n")
+  print(uda_train.table(recs, row="row"))
+  print(summary(recs))
+
+
+if __name__ == "__main__":
+  main()
