@@ -5,14 +5,17 @@ Run:
   python -m experiments.uda --config configs/pacs.py --config.data.root=/data/PACS \
       --config.uda.methods=source_only,all_target,cluster_f,cluster_psi,few_shot,oracle
 
-For each normal class c (7) and target domain (3), seeds 0-2: Deep SVDD on c's photos,
-aligned (MMD by default; `--config.uda.alignment=contrastive` for Eqs. 8-9 as written,
-`adversarial` for a gradient-reversal discriminator) with the dominant K-means cluster
-(K=3, on frozen EfficientNet-Lite0 features) of the unlabelled target set (c's target
-images + 10% other classes), scored on held-out target images.
+For each normal class c (7) and target domain (3), seeds 0-2: Deep SVDD on c's photos
+(f: EfficientNet-Lite0, its last stage + head trainable), aligned with the dominant K-means
+cluster (K=3) of the unlabelled target set (c's target images + 10% other classes), the
+clustering done on psi = frozen EfficientNet-Lite2 features (separate from f), scored on
+held-out target images. Alignment: MMD by default (measured best); the paper's contrastive
+loss with `--config.uda.alignment=contrastive` (InfoNCE denominator, far negatives; as
+written: `--config.uda.contrastive=negatives --config.uda.negatives=outside`), a
+gradient-reversal discriminator with `adversarial`. docs/results.md, "UDA", has the tables.
 Writes <workdir>/results.{json,md}: methods x targets, mean ± std over classes and
 seeds (the paper's Table 5 layout). Frozen features are cached per domain.
-Expect on 2 CPU cores: ~2 min of feature caching, then tens of seconds per run.
+Expect on 2 CPU cores: ~2 min of feature caching per domain, then ~5 s per run.
 """
 from configs import uda
 

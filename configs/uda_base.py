@@ -34,8 +34,10 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.uda = ml_collections.ConfigDict()
   c.uda.methods = ("source_only", "cluster_psi")
-  c.uda.alignment = "mmd"        # mmd | contrastive (Eqs. 8-9) | adversarial (see docs/results.md)
-  c.uda.psi = "efficientnet_lite0"  # frozen encoder of the clustering, or "f"
+  c.uda.alignment = "mmd"        # mmd | contrastive (Eqs. 8-9) | adversarial; MMD is the default
+                                 # because it measured best (docs/results.md, "UDA")
+  c.uda.psi = "efficientnet_lite2"  # frozen encoder of the clustering (a backbone name other than
+                                 # f's, "file:<npz>" with precomputed features, or "f")
   c.uda.cluster = "kmeans"       # kmeans (OTT) | gmm | meanshift (scikit-learn)
   c.uda.clusters = 3             # K
   c.uda.few_shot_k = 10
@@ -47,7 +49,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda.steps = 60
   c.uda.batch = 32
   c.uda.grl_scale = 1.0
-  c.uda.contrastive = "negatives"  # denominator of Eqs. 8-9: negatives (as written) | infonce
+  c.uda.contrastive = "infonce"  # denominator of Eqs. 8-9: infonce (positive included) |
+                                 # negatives (as written; saturates, docs/results.md)
+  c.uda.negatives = "far"        # contrastive negatives: far (the negative_share of the target set
+                                 # outside D farthest from D's mean; clustering methods only) |
+                                 # outside (every target sample not in D, as written)
+  c.uda.negative_share = 0.1
   c.uda.space = "euclidean"      # Deep SVDD on f(x) | on f(x)/||f(x)|| (sphere; matches the cosine)
   c.uda.bn_bias = "frozen"       # BatchNorm beta frozen (Deep SVDD no-bias rule) | trained
   c.uda.vmap_runs = False        # train every (class, seed) of a (target, method) together: one

@@ -3,7 +3,8 @@
   python -m experiments.uda_tables "MMD=runs/uda/mmd" "contrastive=runs/uda/con" [--methods m,..]
 
 Cells: AUC mean ± std over normal classes and seeds (n); then the mean over targets, the
-dominant set's size and purity, the feature variance ratio and the CPU time of the runs.
+dominant set's size and purity, the contrastive negatives (how many, the
+anomalous share: labels used for reporting only), the feature variance ratio and the CPU time of the runs.
 """
 import argparse
 import json
@@ -30,13 +31,16 @@ def rows(specs, methods=None):
 
 
 def summary(recs) -> str:
-  lines = ["| row | n runs | mean D size | mean D purity (%) | mean var ratio | CPU s (sum) |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| row | n runs | mean D size | mean D purity (%) | negatives | anomalous negatives (%) "
+           "| mean var ratio | CPU s (sum) |", "|---|---|---|---|---|---|---|---|"]
   for name in dict.fromkeys(r["row"] for r in recs):
     rs = [r for r in recs if r["row"] == name]
     pur = [r["d_purity"] for r in rs if r.get("d_purity") is not None]
     lines.append(f"| {name} | {len(rs)} | {np.mean([r['d_size'] for r in rs]):.1f} | "
                  f"{np.mean(pur):.1f} | " if pur else f"| {name} | {len(rs)} | 0 | – | ")
+    neg = [r["neg_anomalous"] for r in rs if r.get("neg_anomalous") is not None]
+    lines[-1] += (f"{np.mean([r.get('neg_size', 0) for r in rs]):.1f} | "
+                  + (f"{np.mean(neg):.1f} | " if neg else "– | "))
     lines[-1] += (f"{np.mean([r['var_ratio'] for r in rs]):.3f} | "
                   f"{sum(r['seconds'] for r in rs):.0f} |")
   return "\n".join(lines) + "\n"

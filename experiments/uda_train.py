@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -21,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from rodajax import backbones, cluster, losses, metrics, report, uda
-from experiments import loops, tta
+from experiments import cli, loops, tta
 from experiments import workdir as workdir_lib
 from experiments.train import ConfigError
 from rodajax.data import domains, images, parse_categories
@@ -64,9 +65,16 @@ def validate(config, index) -> None:
   if not 0.0 <= config.data.contamination < 1.0:
     raise ConfigError(f"config.data.contamination={config.data.contamination} must be in [0, 1)")
   for key, known in (("contrastive", losses.DENOMINATORS), ("bn_bias", uda.BN_BIAS),
-                     ("space", uda.SPACES)):
+                     ("space", uda.SPACES), ("negatives", cluster.NEGATIVES)):
     if config.uda[key] not in known:
       raise ConfigError(f"unknown uda.{key} {config.uda[key]!r}; known: {', '.join(known)}")
+  if config.uda.psi == config.model.backbone and "cluster_psi" in _csv(config.uda.methods):
+    cli.warn(f"uda.psi={config.uda.psi!r} is f's own backbone: cluster_psi then clusters on f at "
+             "initialisation, not on a separate encoder (the paper's psi); set uda.psi to "
+             "another backbone or a feature file (file:<npz>)")
+  if not 0.0 < config.uda.negative_share <= 1.0:
+    raise ConfigError(f"uda.negative_share={config.uda.negative_share} must be in (0, 1] (the "
+                      "share of the target set taken as far negatives)")
   if config.uda.trainable not in uda.TRAINABLE:
     raise ConfigError(f"unknown uda.trainable {config.uda.trainable!r}; known: "
                       f"{', '.join(uda.TRAINABLE)}")
@@ -212,27 +220,48 @@ def load_psi_file(path: str, root: str) -> PsiFile:
 
 
 def dominant_set(method, config, split, cache, model, variables, key, target, embed_fn):
-  """D (bool over the target train set) for `method`; None for source_only."""
+  """`(D, negatives)`, bool masks over the target train set, for `method`.
+
+  D is what the source is aligned with; negatives are the contrastive loss's
+  (Eq. 8): the target samples outside D, or with `uda.negatives="far"` (clustering
+  and few-shot methods) only the `uda.negative_share` of the target set outside D
+  farthest from D's mean in the clustering space (`cluster.far_from`). Oracle:
+  D = the true normals, negatives = the true anomalies.
+  """
   n = len(split.target_train)
   lab = split.target_train_labels
   if method == "source_only":
-    return np.zeros(n, bool)
+    return np.zeros(n, bool), np.zeros(n, bool)
   if method == "all_target":
-    return np.ones(n, bool)
+    return np.ones(n, bool), np.zeros(n, bool)
   if method == "oracle":
-    return lab == 0
-  if method == "few_shot":
-    normal = np.flatnonzero(lab == 0)
-    d = np.zeros(n, bool)
-    d[np.asarray(jax.random.choice(key, normal, (min(config.uda.few_shot_k, len(normal)),),
-                                   replace=False))] = True
-    return d
+    return lab == 0, lab != 0
   if method == "cluster_f" or config.uda.psi == "f":
     feats = loops.embed(embed_fn, variables, cache.take(target, split.target_train),
                         model.out_dim)
   else:
     feats = cache.take(target, split.target_train, "psi")
-  return cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster)
+  if method == "few_shot":
+    # D = few_shot_k labelled target normals; the negatives (pseudo-anomalies) are the
+    # target samples farthest from them (negatives="far"), or all the others.
+    normal = np.flatnonzero(lab == 0)
+    d = np.zeros(n, bool)
+    d[np.asarray(jax.random.choice(key, normal, (min(config.uda.few_shot_k, len(normal)),),
+                                   replace=False))] = True
+  else:
+    d = cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster)
+  if config.uda.negatives == "far":
+    return d, cluster.far_from(feats, d, int(np.ceil(config.uda.negative_share * n)))
+  return d, ~d
+
+
+def training_target(ht, dom, neg, alignment):
+  """The target rows a run trains on, `(ht, dom)`: D and its negatives for the contrastive
+  loss (samples in neither are left out), every row otherwise (MMD / GRL weight by D)."""
+  if alignment != "contrastive":
+    return ht, dom
+  keep = dom | neg
+  return ht[keep], dom[keep]
 
 
 def settings(config, method) -> uda.Settings:
@@ -273,29 +302,50 @@ class StepFunctions:
     return self._steps[key]
 
 
-def prepare_one(config, cache, split, method, seed, target, fns: "StepFunctions"):
-  """What one run trains on: `(model, variables, hs, ht, hte, dom, settings, k_init, k_train)`."""
+class Prep(NamedTuple):
+  """What one run trains on; `ht_train` / `dom_train` are `training_target`'s rows."""
+  model: uda.Model
+  variables: dict
+  hs: np.ndarray
+  ht: np.ndarray
+  hte: np.ndarray
+  dom: np.ndarray
+  neg: np.ndarray
+  settings: uda.Settings
+  k_init: jax.Array
+  k_train: jax.Array
+  ht_train: np.ndarray
+  dom_train: np.ndarray
+
+
+def prepare_one(config, cache, split, method, seed, target, fns: "StepFunctions") -> Prep:
+  """What one run trains on (`Prep`)."""
   k_init, k_dom, k_train = jax.random.split(jax.random.key(seed), 3)
   hs = cache.take(config.data.source, split.source_train)
   ht = cache.take(target, split.target_train)
   hte = cache.take(target, split.target_test)
   model, variables = uda.init_model(cache.backbone, cache.vars, cache.start, config.model.out_dim,
                                     k_init, hs, normalise=config.uda.space == "sphere")
-  dom = dominant_set(method, config, split, cache, model, variables, k_dom, target,
-                     fns.embed(model))
-  return model, variables, hs, ht, hte, dom, settings(config, method), k_init, k_train
+  dom, neg = dominant_set(method, config, split, cache, model, variables, k_dom, target,
+                          fns.embed(model))
+  s_run = settings(config, method)
+  return Prep(model, variables, hs, ht, hte, dom, neg, s_run, k_init, k_train,
+              *training_target(ht, dom, neg, s_run.alignment))
 
 
 def score_one(split, prep, trained, embed_fn) -> dict:
   """The record's numbers of one trained run."""
-  model, _, hs, ht, hte, dom = prep[:6]
   v, mu, info = trained
-  s = np.sum((loops.embed(embed_fn, v, hte, model.out_dim) - mu) ** 2, axis=1)
-  lab = split.target_train_labels
+  s = np.sum((loops.embed(embed_fn, v, prep.hte, prep.model.out_dim) - mu) ** 2, axis=1)
+  lab, dom, neg = split.target_train_labels, prep.dom, prep.neg
   return {"auc": metrics.auroc(split.target_test_labels, s), **info,
-          "n_source": len(hs), "n_target_train": len(ht), "n_target_test": len(hte),
-          "n_target_anomalous": int(lab.sum()), "d_size": int(dom.sum()),
-          "d_purity": float(np.mean(lab[dom] == 0)) * 100 if dom.any() else None}
+          "n_source": len(prep.hs), "n_target_train": len(prep.ht),
+          "n_target_test": len(prep.hte), "n_target_anomalous": int(lab.sum()),
+          "d_size": int(dom.sum()),
+          "d_purity": float(np.mean(lab[dom] == 0)) * 100 if dom.any() else None,
+          # labels used for reporting only: how many negatives, and the anomalous share of them
+          "neg_size": int(neg.sum()),
+          "neg_anomalous": float(np.mean(lab[neg] != 0)) * 100 if neg.any() else None}
 
 
 def run_one(config, cache, split, method, seed, target, fns: StepFunctions | None = None):
@@ -304,11 +354,11 @@ def run_one(config, cache, split, method, seed, target, fns: StepFunctions | Non
   `fns` (a `StepFunctions`) reuses compiled steps across runs.
   """
   fns = fns or StepFunctions()
-  prep = prepare_one(config, cache, split, method, seed, target, fns)
-  model, variables, hs, ht, _, dom, s_run, k_init, k_train = prep
-  step_fns = fns.step(model, s_run, uda.init_params(model, variables, k_init))
-  trained = loops.train_uda(model, step_fns, variables, hs, ht, dom, s_run, k_train)
-  return score_one(split, prep, trained, step_fns[1])
+  p = prepare_one(config, cache, split, method, seed, target, fns)
+  step_fns = fns.step(p.model, p.settings, uda.init_params(p.model, p.variables, p.k_init))
+  trained = loops.train_uda(p.model, step_fns, p.variables, p.hs, p.ht_train, p.dom_train,
+                            p.settings, p.k_train)
+  return score_one(split, p, trained, step_fns[1])
 
 
 def run_many(config, cache, splits, method, seeds_, target, fns: StepFunctions) -> list[dict]:
@@ -319,12 +369,13 @@ def run_many(config, cache, splits, method, seeds_, target, fns: StepFunctions) 
   """
   preps = [prepare_one(config, cache, sp, method, sd, target, fns)
            for sp, sd in zip(splits, seeds_)]
-  model, s_run = preps[0][0], preps[0][6]
-  template = uda.init_params(model, preps[0][1], preps[0][7])
+  model, s_run = preps[0].model, preps[0].settings
+  template = uda.init_params(model, preps[0].variables, preps[0].k_init)
   run_step = fns.run_step(model, s_run, template, tta.class_batch(config.uda))
-  trained = loops.train_uda_runs(model, run_step, [p[1] for p in preps], [p[2] for p in preps],
-                                 [p[3] for p in preps], [p[5] for p in preps], s_run,
-                                 [p[8] for p in preps], fns.embed(model))
+  trained = loops.train_uda_runs(model, run_step, [p.variables for p in preps],
+                                 [p.hs for p in preps], [p.ht_train for p in preps],
+                                 [p.dom_train for p in preps], s_run,
+                                 [p.k_train for p in preps], fns.embed(model))
   return [score_one(sp, p, t, fns.embed(model)) for sp, p, t in zip(splits, preps, trained)]
 
 

@@ -6,6 +6,11 @@ Anomalies are rare, so the largest cluster of the target training features
   Eq. 6   {C_1..C_K} = KMeans_K(psi(X_t))
   Eq. 7   D = C_k*,  k* = argmax_k |C_k|
 
+Negatives for the contrastive loss (Eq. 8) are the target samples outside D
+(as written) or, `far_from`, only the m samples outside D farthest from D's
+mean: "outside D" is mostly normal when K > 2 (anomalies are rare, so the
+other clusters are normal images too), the far tail is where anomalies sit.
+
 K-means is OTT-JAX's (`ott.tools.k_means`, k-means++ init, several restarts),
 jit-able. Alternatives from scikit-learn (host, not jit-able): a Gaussian
 mixture (largest component by hard assignment) and MeanShift (largest mode).
@@ -19,6 +24,7 @@ import numpy as np
 from ott.tools import k_means
 
 METHODS = ("kmeans", "gmm", "meanshift")
+NEGATIVES = ("outside", "far")   # contrastive negatives: every sample outside D | `far_from`
 
 
 def l2_normalise(x: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -67,3 +73,28 @@ def dominant_cluster(x, k: int, key: jax.Array, method: str = "kmeans",
     lab = MeanShift().fit_predict(xn)
   counts = np.bincount(lab)
   return lab == np.argmax(counts)
+
+
+def far_from(x, dominant, m: int, normalise: bool = True) -> np.ndarray:
+  """Mask `[n]` bool of the `m` samples outside D farthest from D's mean.
+
+  Distances are Euclidean on L2-normalised `x [n, D]` (the geometry
+  `dominant_cluster` clusters in); `dominant [n]` bool is D. Fewer than `m`
+  are returned when fewer lie outside D; none when D is empty.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  chex.assert_rank(x, 2)
+  dominant = np.asarray(dominant, bool)
+  chex.assert_shape(dominant, (x.shape[0],))
+  if m < 0:
+    raise ValueError(f"negative count m={m} must be >= 0")
+  out = np.zeros(x.shape[0], bool)
+  rest = np.flatnonzero(~dominant)
+  if not dominant.any() or m == 0 or len(rest) == 0:
+    return out
+  if normalise:
+    x = l2_normalise(x)
+  centre = jnp.mean(x[np.flatnonzero(dominant)], axis=0)
+  d = np.asarray(jnp.sum((x[rest] - centre) ** 2, axis=-1))
+  out[rest[np.argsort(-d, kind="stable")[:m]]] = True
+  return out

@@ -13,7 +13,9 @@ Training (Adam, `make_step`; the loop is `experiments.uda_train.train`): L = lam
   L_AD  = mean_s ||f(x_s) - mu||^2, mu = mean of f over the source at init (Eq. 5);
   L_UDA = one of
     contrastive  Eqs. 8-9 (`losses.contrastive_alignment`): source vs target
-                 samples of the dominant set D, negatives = target outside D;
+                 samples of the dominant set D against negatives (the target
+                 outside D as written, or its far tail: `cluster.far_from`,
+                 chosen by the caller), denominator as written or InfoNCE;
     mmd          multi-bandwidth Gaussian MMD between source and D;
     adversarial  a small domain discriminator on f through a gradient
                  reversal layer (DANN), source vs D.
@@ -201,7 +203,8 @@ def batch_indices(key: jax.Array, n_source: int, dominant: np.ndarray, batch: in
 
   Without replacement when there are enough samples. For the contrastive loss
   half of the target batch comes from D and half from outside it (the
-  negatives of Eq. 8), when both exist. `dominant` is a host `[N_t]` bool.
+  negatives of Eq. 8; the caller passes only D and its negatives), when both
+  exist. `dominant` is a host `[N_t]` bool.
   """
   k_s, k_d, k_r = jax.random.split(key, 3)
   i_s = jax.random.choice(k_s, n_source, (min(batch, n_source),), replace=n_source < batch)

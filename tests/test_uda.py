@@ -108,6 +108,30 @@ def test_kmeans_finds_planted_clusters_and_the_dominant_one():
     cluster.dominant_cluster(x, 81, jax.random.key(0))
 
 
+def test_far_negatives_are_the_samples_outside_d_farthest_from_its_mean():
+  # Unit vectors at angles (degrees); D = the three near 0, whose mean is (c, 0) with
+  # c = (1 + 2 cos 10) / 3. Outside D, by distance from it: 180 > 120 > 60 > 30 (the
+  # distance grows with the angle on the circle). Scaling a row changes nothing
+  # (normalised), so row 5 is given length 7.
+  ang = np.deg2rad([0, 10, -10, 30, 60, 120, 180])
+  x = np.stack([np.cos(ang), np.sin(ang)], 1)
+  x[5] *= 7.0
+  d = np.array([1, 1, 1, 0, 0, 0, 0], bool)
+  np.testing.assert_array_equal(cluster.far_from(x, d, 2), [0, 0, 0, 0, 0, 1, 1])
+  np.testing.assert_array_equal(cluster.far_from(x, d, 3), [0, 0, 0, 0, 1, 1, 1])
+  np.testing.assert_array_equal(cluster.far_from(x, d, 10), ~d)   # fewer outside D than m
+  assert not cluster.far_from(x, np.zeros(7, bool), 2).any()      # no D, no centre
+  assert not cluster.far_from(x, d, 0).any()
+  # The rows a run trains on: D and its negatives for the contrastive loss, all otherwise.
+  ht = np.arange(7.0)[:, None]
+  neg = cluster.far_from(x, d, 2)
+  h, dm = uda_train.training_target(ht, d, neg, "contrastive")
+  np.testing.assert_array_equal(h[:, 0], [0, 1, 2, 5, 6])
+  np.testing.assert_array_equal(dm, [1, 1, 1, 0, 0])
+  h, dm = uda_train.training_target(ht, d, neg, "mmd")
+  assert h is ht and dm is d
+
+
 @pytest.fixture(scope="module")
 def lite():
   return backbones.create("efficientnet_lite0", "pretrained")
@@ -195,6 +219,15 @@ def test_bad_input_is_clear():
     domains.one_vs_all(small, "a", "b", "c1")
   with pytest.raises(DataError, match="not found"):
     domains.index_domains("/no/such/folder")
+  from configs import uda as uda_configs
+  from experiments.train import ConfigError
+  for key, value, message in (("negatives", "nope", "unknown uda.negatives 'nope'; known: outside, far"),
+                              ("negative_share", 0.0, r"uda.negative_share=0.0 must be in \(0, 1\]"),
+                              ("contrastive", "x", "unknown uda.contrastive 'x'; known: negatives, infonce")):
+    c = uda_configs.get_config("pacs")
+    c.data.source, c.data.targets, c.uda[key] = "a", ("b",), value
+    with pytest.raises(ConfigError, match=message):
+      uda_train.validate(c, idx)
 
 
 def _write_domains(root, size=64):
