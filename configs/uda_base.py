@@ -28,8 +28,10 @@ def get_base_config() -> ml_collections.ConfigDict:
                                  # (tensorflow-datasets) for the feature cache ("" = decode)
 
   c.model = ml_collections.ConfigDict()
-  c.model.backbone = "efficientnet_lite0"
+  c.model.backbone = "efficientnet_lite0"  # f; or resnet18 / resnet50 / wide_resnet50_2 with
+                                 # the user's torchvision weights
   c.model.tail_stage = 7         # stages before it are frozen and cached; from it on, f trains
+                                 # (EfficientNet-Lite: stage 1..7; ResNet: layer 1..4)
   c.model.out_dim = 128          # projection head (bias-free)
 
   c.uda = ml_collections.ConfigDict()

@@ -100,9 +100,14 @@ class FeatureCache:
   def __init__(self, config, workdir, index):
     self.config, self.index = config, index
     self.backbone, self.vars = backbones.create(config.model.backbone, "pretrained")
-    if not isinstance(self.backbone, backbones.EfficientNetLite):
-      raise ConfigError("UDA needs an EfficientNet-Lite backbone (config.model.backbone)")
-    self.start = uda.stage_start(self.backbone, config.model.tail_stage)
+    if not isinstance(self.backbone, (backbones.EfficientNetLite, backbones.ResNet)):
+      raise ConfigError(f"config.model.backbone={config.model.backbone!r}: UDA's f needs an "
+                        "image backbone with BatchNorm (efficientnet_lite0/1/2, resnet18/50, "
+                        "wide_resnet50_2)")
+    try:
+      self.start = uda.stage_start(self.backbone, config.model.tail_stage)
+    except ValueError as e:
+      raise ConfigError(f"config.model.tail_stage={config.model.tail_stage}: {e}") from None
     self.dir = config.get("cache_dir", "") or os.path.join(workdir, "cache")
     self.mem: dict[str, dict] = {}
     psi = config.uda.psi
@@ -280,22 +285,21 @@ class StepFunctions:
 
   def embed(self, model: uda.Model):
     """Jitted `uda.make_embed(model)`."""
-    key = (model.width, model.depth, model.start_block, model.out_dim, model.normalise)
+    key = model
     if key not in self._embeds:
       self._embeds[key] = jax.jit(uda.make_embed(model))
     return self._embeds[key]
 
   def run_step(self, model: uda.Model, s: uda.Settings, params_template, class_batch: int):
     """`loops.uda_run_step` (runs mapped together) for `model`, `s` and the group size."""
-    key = ("runs", model.width, model.depth, model.start_block, model.out_dim, model.normalise,
-           s, class_batch)
+    key = ("runs", model, s, class_batch)
     if key not in self._steps:
       self._steps[key] = loops.uda_run_step(model, s, params_template, class_batch)
     return self._steps[key]
 
   def step(self, model: uda.Model, s: uda.Settings, params_template):
     """`(step, embed, optimizer)` for `model` and settings `s` (`loops.train_uda`'s `fns`)."""
-    key = (model.width, model.depth, model.start_block, model.out_dim, model.normalise, s)
+    key = (model, s)
     if key not in self._steps:
       step, opt = uda.make_step(model, s, params_template)
       self._steps[key] = (jax.jit(step), self.embed(model), opt)

@@ -1,11 +1,12 @@
 """UDA for one-class anomaly detection (Mejri et al.): Deep SVDD on source normals,
 jointly aligned with the dominant cluster of the unlabelled target set.
 
-Model f (Eq. 5's feature map): a pretrained EfficientNet-Lite split in two.
-  trunk  stem .. the block before `start_block`: frozen, run once per image
-         (`trunk_features`) and cached by the caller;
-  tail   the remaining blocks, the 1x1 head conv + BatchNorm, global average
-         pooling, then a bias-free linear projection head -> f(x) [B, out_dim].
+Model f (Eq. 5's feature map): a pretrained EfficientNet-Lite or ResNet split in two.
+  trunk  stem .. the block (ResNet: layer) before `start`: frozen, run once per
+         image (`trunk_features`) and cached by the caller;
+  tail   the remaining blocks (EfficientNet: + the 1x1 head conv + BatchNorm),
+         global average pooling, then a bias-free linear projection head
+         -> f(x) [B, out_dim].
 BatchNorm uses its running statistics (no batch dependence, so no
 statistics-based shortcut to a constant output).
 
@@ -42,6 +43,7 @@ from flax import traverse_util
 
 from rodajax import adapt, losses
 from rodajax.backbones.efficientnet import EfficientNetLite, block_specs
+from rodajax.backbones.resnet import ResNet
 
 ALIGNMENTS = ("contrastive", "mmd", "adversarial")
 TRAINABLE = ("bn_head", "all")
@@ -49,27 +51,46 @@ BN_BIAS = ("frozen", "trained")
 SPACES = ("euclidean", "sphere")   # where Deep SVDD scores: f(x), or f(x) / ||f(x)|| (`Model.normalise`)
 
 
-def stage_start(module: EfficientNetLite, stage: int) -> int:
-  """Index of the first block of `stage` (1-based, as the `stageN` taps)."""
+Backbone = EfficientNetLite | ResNet
+
+
+def stage_start(module: Backbone, stage: int) -> int:
+  """Where f's trainable tail starts: EfficientNet-Lite: the index of the first block of
+  `stage` (1-based, as the `stageN` taps); ResNet: `stage` itself (layer1..layer4)."""
+  if isinstance(module, ResNet):
+    if not 1 <= stage <= len(module.layers):
+      raise ValueError(f"ResNet stage {stage} does not exist: 1..{len(module.layers)} "
+                       "(layer1..layer4)")
+    return stage
   for i, spec in enumerate(block_specs(module.width, module.depth)):
     if spec[5] == stage:
       return i
   raise ValueError(f"stage {stage} does not exist")
 
 
+def tail_module(backbone: Backbone, start: int) -> Backbone:
+  """The part of `backbone` from `start` (`stage_start`) on; input = the trunk's output."""
+  if isinstance(backbone, ResNet):
+    return backbone.clone(start_layer=start, taps=None, parent=None)
+  return backbone.clone(start_block=start, taps=None, parent=None)
+
+
+def trunk_tap(backbone: Backbone, start: int) -> str:
+  """The output name of the frozen trunk that feeds `tail_module(backbone, start)`."""
+  if isinstance(backbone, ResNet):
+    return "stem" if start == 1 else f"layer{start - 1}"
+  return f"block{start - 1}"
+
+
 class Model(nn.Module):
-  """Tail of an EfficientNet-Lite + bias-free projection head: `h -> f(x) [B, out_dim]`."""
-  width: float
-  depth: float
-  start_block: int
+  """Tail of the backbone + bias-free projection head: `h -> f(x) [B, out_dim]`."""
+  backbone: nn.Module       # `tail_module(backbone, start)`; its parameters live under "backbone"
   out_dim: int = 128
   normalise: bool = False   # f(x) / ||f(x)||: Deep SVDD on the unit sphere (uda.space="sphere")
 
   @nn.compact
   def __call__(self, h):
-    tail = EfficientNetLite(width=self.width, depth=self.depth, start_block=self.start_block,
-                            name="backbone")
-    pooled = tail(h, train=False)["pooled"]
+    pooled = self.backbone(h, train=False)["pooled"]
     z = nn.Dense(self.out_dim, use_bias=False, name="head")(pooled)
     if self.normalise:
       z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-8)
@@ -86,10 +107,10 @@ class Discriminator(nn.Module):
     return nn.Dense(1)(z)[:, 0]
 
 
-def init_model(backbone: EfficientNetLite, backbone_vars: dict, start_block: int,
+def init_model(backbone: Backbone, backbone_vars: dict, start_block: int,
                out_dim: int, key: jax.Array, h_example: jax.Array, normalise: bool = False):
   """`(model, variables)` with the tail's pretrained weights and a random head."""
-  model = Model(backbone.width, backbone.depth, start_block, out_dim, normalise)
+  model = Model(tail_module(backbone, start_block), out_dim, normalise)
   v = model.init(key, h_example[:1])
   params = traverse_util.flatten_dict(jax.tree.map(np.asarray, v["params"]))
   src = traverse_util.flatten_dict(backbone_vars["params"])
@@ -103,10 +124,11 @@ def init_model(backbone: EfficientNetLite, backbone_vars: dict, start_block: int
                  "batch_stats": traverse_util.unflatten_dict(stats)}
 
 
-def trunk_features(backbone: EfficientNetLite, backbone_vars: dict, start_block: int) -> Callable:
+def trunk_features(backbone: Backbone, backbone_vars: dict, start_block: int) -> Callable:
   """Jit-able `images (ImageNet-normalised) [B, H, W, 3] -> trunk output` (frozen)."""
-  m = backbone.clone(taps=(f"block{start_block - 1}",))
-  return lambda x: m.apply(backbone_vars, x, train=False)[f"block{start_block - 1}"]
+  tap = trunk_tap(backbone, start_block)
+  m = backbone.clone(taps=(tap,))
+  return lambda x: m.apply(backbone_vars, x, train=False)[tap]
 
 
 def param_labels(params, trainable: str = "bn_head", bn_bias: str = "frozen"):

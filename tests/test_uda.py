@@ -148,6 +148,10 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   trunk = uda.trunk_features(module, variables, start)
   hs = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   model, v = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs))
+  # f = head(tail(trunk(x))): the split EfficientNet equals the whole one.
+  full = module.apply(variables, crop_and_normalise(jnp.asarray(imgs[:4]), 64))["pooled"]
+  np.testing.assert_allclose(model.apply(v, hs[:4]), full @ v["params"]["head"]["kernel"],
+                             rtol=1e-3, atol=1e-4)
   s = uda.Settings(alignment="none", steps=15, batch=16, lr=1e-3)
   fns = uda_train.StepFunctions().step(model, s, uda.init_params(model, v, jax.random.key(2)))
   v2, mu, info = loops.train_uda(model, fns, v, hs, hs[:8], np.zeros(8, bool), s,
@@ -177,6 +181,31 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   z, zf = (loops.embed(jax.jit(uda.make_embed(m)), v, hs[:6], 16) for m in (sphere, model))
   np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(z, zf / np.linalg.norm(zf, axis=1, keepdims=True), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,stage", [("resnet18", 3), ("resnet18", 1)])
+def test_trunk_then_tail_is_the_whole_backbone(name, stage):
+  """f = tail(trunk(x)) equals the backbone's own pooled features for a ResNet f (the
+  EfficientNet-Lite split: test_deep_svdd_loss_decreases_without_collapse); the model's tail holds the
+  backbone's (here: seeded) weights."""
+  module, variables = backbones.create(name, None, seed=3)
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  start = uda.stage_start(module, stage)
+  h = uda.trunk_features(module, variables, start)(x)
+  full = module.apply(variables, x, train=False)["pooled"]
+  tail = uda.tail_module(module, start)
+  np.testing.assert_allclose(tail.apply(variables, h, train=False)["pooled"], full,
+                             rtol=1e-4, atol=1e-5)
+  model, v = uda.init_model(module, variables, start, 8, jax.random.key(1), h)
+  from flax import traverse_util
+  got = traverse_util.flatten_dict(v["params"]["backbone"])
+  src = traverse_util.flatten_dict(variables["params"])
+  assert got and all(np.array_equal(got[k], src[k]) for k in got)
+  z = model.apply(v, h)
+  np.testing.assert_allclose(z, full @ v["params"]["head"]["kernel"], rtol=1e-4, atol=1e-5)
+  if name == "resnet18":
+    with pytest.raises(ValueError, match="ResNet stage 5 does not exist"):
+      uda.stage_start(module, 5)
 
 
 def _index(n_classes=4, n=20, domains_=("a", "b")):

@@ -5,7 +5,9 @@ He et al., "Deep Residual Learning" (CVPR 2016), torchvision's v1.5 variant
 (bottleneck width x2). BatchNorm eps 1e-5, momentum 0.1 (PyTorch convention).
 
 Outputs: `stem` (after max-pool, stride 4), `layer1`..`layer4` (strides 4, 8, 16,
-32), `pooled` [B, C] and `logits` [B, 1000].
+32), `pooled` [B, C] and `logits` [B, 1000]. With `start_layer = k > 0` the input is a
+cached trunk output (the stem's for k = 1, `layer{k-1}`'s otherwise) and only layers k.. run:
+the tail a UDA model trains (`rodajax.uda`).
 """
 from __future__ import annotations
 
@@ -72,18 +74,25 @@ class ResNet(nn.Module):
   width_factor: int = 1
   num_classes: int = 1000
   taps: Sequence[str] | None = None
+  start_layer: int = 0  # > 0: `x` is the output of layer start_layer - 1 (the stem for 1)
   bn_momentum = 0.9  # running-average momentum of every BatchNorm (Flax convention)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = {}
-    x = nn.relu(_bn("bn1", train)(_conv(64, 7, 2, "conv1")(x)))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    out["stem"] = x
+    if not 0 <= self.start_layer <= len(self.layers):
+      raise ValueError(f"start_layer {self.start_layer} must be in 0..{len(self.layers)}")
+    if self.start_layer == 0:
+      x = nn.relu(_bn("bn1", train)(_conv(64, 7, 2, "conv1")(x)))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+      out["stem"] = x
     expansion = 1 if self.block == "basic" else 4
     cin = 64
     for li, n in enumerate(self.layers):
       planes = 64 * 2 ** li
+      if li + 1 < self.start_layer:
+        cin = planes * expansion
+        continue
       for b in range(n):
         stride = 2 if (b == 0 and li > 0) else 1
         down = b == 0 and (stride != 1 or cin != planes * expansion)
