@@ -1,10 +1,11 @@
 """One table from several UDA workdirs (ablations, sweeps): rows label/method, columns targets.
 
   python -m experiments.uda_tables "MMD=runs/uda/mmd" "contrastive=runs/uda/con" [--methods m,..]
+      [--targets t,..] [--seeds 0,1,2]
 
 Cells: AUC mean ± std over normal classes and seeds (n); then the mean over targets, the
 dominant set's size and purity, the contrastive negatives (how many, the
-anomalous share: labels used for reporting only), the feature variance ratio and the CPU time of the runs.
+anomalous share; contrastive runs only: labels used for reporting only), the feature variance ratio and the CPU time of the runs.
 """
 import argparse
 import json
@@ -15,15 +16,18 @@ import numpy as np
 from experiments import uda_train
 
 
-def rows(specs, methods=None):
+def rows(specs, methods=None, targets=None, seeds=None):
   out = []
   for spec in specs:
     label, _, path = spec.rpartition("=")
+    path, _, only = path.partition("@")
+    only = [m for m in only.split(",") if m]
     f = os.path.join(path, "results.json")
     if not os.path.exists(f):
       raise SystemExit(f"{f} does not exist: run `python -m experiments.uda --workdir {path}` first")
     for r in json.load(open(f)):
-      if methods and r["method"] not in methods:
+      if ((methods and r["method"] not in methods) or (only and r["method"] not in only) or (targets and r["target"] not in targets)
+          or (seeds and r["seed"] not in seeds)):
         continue
       name = r["method"] if not label else f"{label}: {r['method']}"
       out.append({**r, "row": name})
@@ -38,9 +42,11 @@ def summary(recs) -> str:
     pur = [r["d_purity"] for r in rs if r.get("d_purity") is not None]
     lines.append(f"| {name} | {len(rs)} | {np.mean([r['d_size'] for r in rs]):.1f} | "
                  f"{np.mean(pur):.1f} | " if pur else f"| {name} | {len(rs)} | 0 | – | ")
-    neg = [r["neg_anomalous"] for r in rs if r.get("neg_anomalous") is not None]
-    lines[-1] += (f"{np.mean([r.get('neg_size', 0) for r in rs]):.1f} | "
-                  + (f"{np.mean(neg):.1f} | " if neg else "– | "))
+    # only the contrastive loss has negatives (records older than the negatives switch lack them)
+    con = [r for r in rs if r.get("alignment") == "contrastive" and "neg_size" in r]
+    neg = [r["neg_anomalous"] for r in con if r.get("neg_anomalous") is not None]
+    lines[-1] += (f"{np.mean([r['neg_size'] for r in con]):.1f} | " if con else "– | ")
+    lines[-1] += f"{np.mean(neg):.1f} | " if neg else "– | "
     lines[-1] += (f"{np.mean([r['var_ratio'] for r in rs]):.3f} | "
                   f"{sum(r['seconds'] for r in rs):.0f} |")
   return "\n".join(lines) + "\n"
@@ -48,10 +54,16 @@ def summary(recs) -> str:
 
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("specs", nargs="+", help="LABEL=WORKDIR (LABEL may be empty: =WORKDIR)")
+  ap.add_argument("specs", nargs="+", help="LABEL=WORKDIR[@method,..] (LABEL may be empty: "
+                  "=WORKDIR; @ keeps only those methods of that workdir)")
   ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
+  ap.add_argument("--targets", default="", help="only these targets (comma-separated)")
+  ap.add_argument("--seeds", default="", help="only these seeds (comma-separated)")
   args = ap.parse_args()
-  recs = rows(args.specs, [m for m in args.methods.split(",") if m])
+  csv = lambda s: [x for x in s.split(",") if x]
+  recs = rows(args.specs, csv(args.methods), csv(args.targets), [int(x) for x in csv(args.seeds)])
+  if not recs:
+    raise SystemExit("no record matches the workdirs and filters given")
   seeds = sorted({r["seed"] for r in recs})
   print(f"AUC (%), mean ± std over normal classes and seeds {seeds}\n")
   print(uda_train.table(recs, row="row"))
