@@ -12,7 +12,7 @@ clustering done on psi = frozen EfficientNet-Lite2 features (separate from f), s
 held-out target images. Alignment: MMD by default (measured best); the paper's contrastive
 loss with `--config.uda.alignment=contrastive` (InfoNCE denominator, far negatives; as
 written: `--config.uda.contrastive=negatives --config.uda.negatives=outside`), a
-gradient-reversal discriminator with `adversarial`. docs/results.md, "UDA", has the tables.
+gradient-reversal discriminator with `adversarial`. docs/uda.md has the tables.
 Writes <workdir>/results.{json,md}: methods x targets, mean ± std over classes and
 seeds (the paper's Table 5 layout). Frozen features are cached per domain.
 Expect on 2 CPU cores: ~2 min of feature caching per domain, then ~5 s per run.

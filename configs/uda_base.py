@@ -37,7 +37,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda = ml_collections.ConfigDict()
   c.uda.methods = ("source_only", "cluster_psi")
   c.uda.alignment = "mmd"        # mmd | contrastive (Eqs. 8-9) | adversarial; MMD is the default
-                                 # because it measured best (docs/results.md, "UDA")
+                                 # because it measured best (docs/uda.md)
   c.uda.psi = "efficientnet_lite2"  # frozen encoder of the clustering (a backbone name other than
                                  # f's, "file:<npz>" with precomputed features, or "f")
   c.uda.cluster = "kmeans"       # kmeans (OTT) | gmm | meanshift (scikit-learn)
@@ -52,7 +52,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.uda.batch = 32
   c.uda.grl_scale = 1.0
   c.uda.contrastive = "infonce"  # denominator of Eqs. 8-9: infonce (positive included) |
-                                 # negatives (as written; saturates, docs/results.md)
+                                 # negatives (as written; saturates, docs/uda.md)
   c.uda.negatives = "far"        # contrastive negatives: far (the negative_share of the target set
                                  # outside D farthest from D's mean; clustering methods only) |
                                  # outside (every target sample not in D, as written)

@@ -370,6 +370,37 @@ def test_runs_trained_together_equal_one_by_one(lite, alignment, class_batch):
                          s, [jax.random.key(0)] * 2, fns.embed(model))
 
 
+def test_resnet_f_runs_the_experiment(tmp_path, monkeypatch):
+  """f = ResNet-18 (the user's torchvision weights; seeded here), its layer4 trained."""
+  from configs import pacs
+  _write_domains(tmp_path / "data")
+  rel = sorted(os.path.relpath(os.path.join(d, f), tmp_path / "data")
+               for d, _, fs in os.walk(tmp_path / "data") for f in fs)
+  cols = [np.asarray(Image.open(tmp_path / "data" / p), np.float32).mean((0, 1)) for p in rel]
+  np.savez(tmp_path / "psi.npz", paths=np.array(rel), features=np.stack(cols))
+  create = backbones.create
+  monkeypatch.setattr(uda_train.backbones, "create",
+                      lambda name, weights=None, **kw: create(name, None, seed=5, **kw))
+  c = pacs.get_config()
+  c.data.root, c.data.source, c.data.targets = str(tmp_path / "data"), "src", ("tgt",)
+  c.data.classes, c.data.resize, c.seeds = ("k0",), 32, 1
+  c.model.backbone, c.model.tail_stage = "resnet18", 4
+  c.uda.steps, c.uda.batch, c.uda.methods = 3, 8, ("source_only", "cluster_psi")
+  c.data.min_images, c.data.contamination = 4, 0.2
+  c.uda.psi = f"file:{tmp_path / 'psi.npz'}"
+  recs = uda_train.train_and_evaluate(c, str(tmp_path / "w"))
+  assert [r["method"] for r in recs] == ["source_only", "cluster_psi"]
+  assert all(0 <= r["auc"] <= 100 and r["var_ratio"] > 0 for r in recs)
+  assert recs[1]["d_purity"] == 100.0
+  trunk = [f for f in os.listdir(tmp_path / "w" / "cache") if "_trunk_" in f]
+  assert len(trunk) == 2    # one per domain, layer3's output
+  with np.load(tmp_path / "w" / "cache" / trunk[0]) as z:
+    assert z["x"].shape[1:] == (2, 2, 256)
+  c.model.tail_stage = 5
+  with pytest.raises(uda_train.ConfigError, match=r"tail_stage=5: ResNet stage 5 does not exist"):
+    uda_train.train_and_evaluate(c, str(tmp_path / "w2"))
+
+
 def test_uda_runs_vmapped_give_the_loops_records(tmp_path):
   """config.uda.vmap_runs: (class, seed) runs of a (target, method) trained together."""
   from configs import pacs
