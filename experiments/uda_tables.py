@@ -26,11 +26,11 @@ def rows(specs, methods=None, targets=None, seeds=None):
     if not os.path.exists(f):
       raise SystemExit(f"{f} does not exist: run `python -m experiments.uda --workdir {path}` first")
     for r in json.load(open(f)):
-      if ((methods and r["method"] not in methods) or (only and r["method"] not in only) or (targets and r["target"] not in targets)
-          or (seeds and r["seed"] not in seeds)):
+      if ((methods and r["method"] not in methods) or (only and r["method"] not in only)
+          or (targets and r["target"] not in targets) or (seeds and r["seed"] not in seeds)):
         continue
       name = r["method"] if not label else f"{label}: {r['method']}"
-      out.append({**r, "row": name})
+      out.append({**r, "row": name, "label": label})
   return out
 
 
@@ -52,6 +52,34 @@ def summary(recs) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plot(recs, path, xlabel="") -> None:
+  """Mean AUC per (method, target) against the workdir labels, in the order given (a sweep)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  labels = list(dict.fromkeys(r["label"] for r in recs))
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for m in dict.fromkeys(r["method"] for r in recs):
+    for t in dict.fromkeys(r["target"] for r in recs):
+      xs, ys, es = [], [], []
+      for i, lab in enumerate(labels):
+        v = [r["auc"] for r in recs if (r["label"], r["method"], r["target"]) == (lab, m, t)]
+        if v:
+          xs.append(i); ys.append(np.mean(v)); es.append(np.std(v) / np.sqrt(len(v)))
+      if xs:
+        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{m} ({t})")
+  ax.set_xticks(range(len(labels)), labels)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("AUC (%), mean ± s.e. over classes and seeds")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("specs", nargs="+", help="LABEL=WORKDIR[@method,..] (LABEL may be empty: "
@@ -59,6 +87,8 @@ def main():
   ap.add_argument("--methods", default="", help="only these methods (comma-separated)")
   ap.add_argument("--targets", default="", help="only these targets (comma-separated)")
   ap.add_argument("--seeds", default="", help="only these seeds (comma-separated)")
+  ap.add_argument("--plot", default="", help="also draw AUC against the labels (a sweep) to this PNG")
+  ap.add_argument("--xlabel", default="", help="the plot's x axis title")
   args = ap.parse_args()
   csv = lambda s: [x for x in s.split(",") if x]
   recs = rows(args.specs, csv(args.methods), csv(args.targets), [int(x) for x in csv(args.seeds)])
@@ -68,6 +98,9 @@ def main():
   print(f"AUC (%), mean ± std over normal classes and seeds {seeds}\n")
   print(uda_train.table(recs, row="row"))
   print(summary(recs))
+  if args.plot:
+    plot(recs, args.plot, args.xlabel)
+    print(f"figure: {args.plot}")
 
 
 if __name__ == "__main__":
