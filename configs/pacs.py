@@ -6,8 +6,9 @@ Run:
       --config.uda.methods=source_only,all_target,cluster_f,cluster_psi,few_shot,oracle
 
 For each normal class c (7) and target domain (3), seeds 0-2: Deep SVDD on c's photos
-(f: EfficientNet-Lite0, its last stage + head trainable), aligned with the dominant K-means
-cluster (K=3) of the unlabelled target set (c's target images + 10% other classes), the
+(f: EfficientNet-Lite0, its last stage + head trainable), aligned with the dominant cluster
+(a 3-component GMM; `--config.uda.cluster=kmeans` for the paper's K-means) of the unlabelled
+target set (c's target images + 10% other classes), the
 clustering done on psi = frozen EfficientNet-Lite2 features (separate from f), scored on
 held-out target images. Alignment: MMD by default (measured best); the paper's contrastive
 loss with `--config.uda.alignment=contrastive` (InfoNCE denominator, far negatives; as

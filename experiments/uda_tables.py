@@ -1,7 +1,10 @@
 """One table from several UDA workdirs (ablations, sweeps): rows label/method, columns targets.
 
   python -m experiments.uda_tables "MMD=runs/uda/mmd" "contrastive=runs/uda/con" [--methods m,..]
-      [--targets t,..] [--seeds 0,1,2]
+      [--targets t,..] [--seeds 0,1,2] [--plot sweep.png --xlabel ..]
+
+With --plot, a label "X|SERIES" puts that workdir at x = X on the line named SERIES (several
+settings of a sweep in one figure, e.g. "20%|GMM=runs/gmm20").
 
 Cells: AUC mean ± std over normal classes and seeds (n); then the mean over targets, the
 dominant set's size and purity, the contrastive negatives (how many, the
@@ -57,17 +60,21 @@ def plot(recs, path, xlabel="") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  labels = list(dict.fromkeys(r["label"] for r in recs))
+  x_of = lambda lab: lab.partition("|")[0]
+  series_of = lambda lab: lab.partition("|")[2]
+  labels = list(dict.fromkeys(x_of(r["label"]) for r in recs))
   fig, ax = plt.subplots(figsize=(6, 4))
-  for m in dict.fromkeys(r["method"] for r in recs):
-    for t in dict.fromkeys(r["target"] for r in recs):
-      xs, ys, es = [], [], []
-      for i, lab in enumerate(labels):
-        v = [r["auc"] for r in recs if (r["label"], r["method"], r["target"]) == (lab, m, t)]
-        if v:
-          xs.append(i); ys.append(np.mean(v)); es.append(np.std(v) / np.sqrt(len(v)))
-      if xs:
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{m} ({t})")
+  keys = dict.fromkeys((series_of(r["label"]), r["method"], r["target"]) for r in recs)
+  for s, m, t in keys:
+    xs, ys, es = [], [], []
+    for i, lab in enumerate(labels):
+      v = [r["auc"] for r in recs
+           if (x_of(r["label"]), series_of(r["label"]), r["method"], r["target"]) == (lab, s, m, t)]
+      if v:
+        xs.append(i); ys.append(np.mean(v)); es.append(np.std(v) / np.sqrt(len(v)))
+    if xs:
+      name = f"{s}: {m}" if s else m
+      ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=f"{name} ({t})")
   ax.set_xticks(range(len(labels)), labels)
   ax.set_xlabel(xlabel)
   ax.set_ylabel("AUC (%), mean ± s.e. over classes and seeds")

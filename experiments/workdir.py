@@ -6,13 +6,17 @@
 * when every planned record is already there, nothing is written (a complete
   workdir may be read-only) and the run only reports;
 * otherwise the folder must be writable (checked before any work), and
-  config.json is written only when it changed.
+  config.json is written only when it changed; when it changed and records are
+  already there, a warning names the settings that differ (records are reused by
+  identity -- dataset, class, method, seed, ... -- not by setting, so a changed
+  setting needs a fresh workdir to take effect on them).
 `summary_line` is the last line of every run: where the results are, and what
 was reused.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Callable, Iterable
 
@@ -49,16 +53,42 @@ def open_run(workdir: str, config, planned: Iterable[tuple],
   done = {record_id(r) for r in records}
   reused = len(planned & done)
   complete = bool(planned) and planned <= done
+  text = config.to_json_best_effort(indent=1)
+  path = os.path.join(workdir, "config.json")
+  old = open(path).read() if os.path.isfile(path) else None
+  changed = config_changes(old, text) if old is not None and old != text and records else []
+  if changed:
+    cli.warn(f"{workdir} holds {len(records)} records written with another config.json; "
+             f"changed: {'; '.join(changed)}. Records already there are reused as they are "
+             "(matched by dataset, class, method, seed, not by these settings): pass a fresh "
+             "--workdir if the change should apply to them")
+    notes.append(f"config changed: {'; '.join(changed)}")
   if not complete:
     cli.writable_folder(workdir, "the workdir", f"{len(planned - done)} of {len(planned)} "
                         "records are still to compute: make it writable or pass another "
                         "--workdir")
-    text = config.to_json_best_effort(indent=1)
-    path = os.path.join(workdir, "config.json")
-    old = open(path).read() if os.path.isfile(path) else None
     if old != text:
       report.atomic_write(path, text)
   return Run(workdir, records, done, len(planned), reused, complete, notes)
+
+
+def config_changes(old: str, new: str) -> list[str]:
+  """`["key: old -> new", ...]` between two config.json texts (dotted keys, sorted)."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      if isinstance(v, dict):
+        out.update(flat(v, f"{prefix}{k}."))
+      else:
+        out[f"{prefix}{k}"] = v
+    return out
+  try:
+    a, b = flat(json.loads(old)), flat(json.loads(new))
+  except (ValueError, AttributeError):
+    return ["config.json (unreadable before)"]
+  missing = object()
+  return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
+          for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
 
 
 def summary_line(run: Run, computed: int, extra: str = "") -> str:

@@ -310,3 +310,11 @@ def test_fit_sets_a_damaged_model_aside_and_fits_again(model, widget, tmp_path, 
   assert code == 0, err
   assert (tmp_path / "model.previous-0" / "model.json").exists()
   assert json.load(open(d / "model.json"))["threshold"]["quantile"] == 0.9
+
+
+def test_config_changes_name_every_differing_key():
+  from experiments import workdir
+  old = '{"a": 1, "b": {"c": 2, "e": "x"}}'
+  new = '{"a": 1, "b": {"c": 3, "e": "x"}, "d": [4]}'
+  assert workdir.config_changes(old, new) == ["b.c: 2 -> 3", "d: '(absent)' -> [4]"]
+  assert workdir.config_changes(new, new) == []

@@ -300,6 +300,13 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
   assert "| cluster_psi |" in md and "±" in md
   out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert out.returncode == 0 and len(json.load(open(work / "results.json"))) == 6
+  assert "another config.json" not in out.stderr
+  # A changed setting in the same workdir: the records are reused by identity, and the user is
+  # told which setting differs (it does not apply to them).
+  out = subprocess.run(cmd + ["--config.uda.cluster=kmeans"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=900)
+  assert out.returncode == 0 and "nothing recomputed" in out.stdout
+  assert "uda.cluster: 'gmm' -> 'kmeans'" in out.stderr and "fresh --workdir" in out.stderr
   bad = subprocess.run(cmd[:5] + [f"--config.data.root={tmp_path / 'data'}", "--config.data.source=src",
                                   "--config.data.targets=nope", f"--workdir={work}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
