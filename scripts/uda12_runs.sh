@@ -2,7 +2,7 @@
 # Every workdir behind docs/uda.md (issue 12), then its tables and figures. Each line is one
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
-# an interrupted script can simply be started again. About 3.5 h on 2 CPU cores (3.3 h of runs plus feature caching).
+# an interrupted script can simply be started again. About 3.5 h on 2 CPU cores.
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
@@ -57,6 +57,16 @@ go far10_t005_l1 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon 
 go far10_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi
 go far10_t05_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi --config.uda.tau=0.5
 go far10_t05 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.tau=0.5
+go e_abl elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
+go e_k4 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
+go e_k5 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
+go e_k8 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
+go e_grl elpv --config.cache_dir=$R/cache_elpv --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+go e_abl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
+go e_k4_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
+go e_k5_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
+go e_k8_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
+go e_grl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 
 # the tables (docs/uda.md) and the two figures
 bash scripts/uda12_tables.sh "$R"

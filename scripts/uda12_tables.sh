@@ -16,3 +16,5 @@ T "DENOM" "as written (outside)=$R/con_neg" "as written, far 5%=$R/far05_neg" "a
 T "TAULAMBDA" "tau 0.05, lambda 0.1=$R/far10_t005_l01" "tau 0.05, lambda 1=$R/far10_t005_l1" "tau 0.1, lambda 0.1=$R/far10_l01" "tau 0.1, lambda 1 (default)=$R/far10_nce" "tau 0.5, lambda 0.1=$R/far10_t05_l01" "tau 0.5, lambda 1=$R/far10_t05" --methods cluster_psi
 T "ELPV" "contrastive=$R/t_elpv" "MMD=$R/t_elpv_mmd" "MMD, GMM (default)=$R/e_gmm"
 T "ELPV_REV" "contrastive=$R/t_elpv_rev" "MMD=$R/t_elpv_rev_mmd" "MMD, GMM (default)=$R/e_gmm_rev"
+T "ELPV_ABL" "=$R/t_elpv@source_only" "MMD=$R/t_elpv_mmd@all_target,oracle" "MMD=$R/e_abl" "MMD, K=3=$R/t_elpv_mmd@cluster_psi" "MMD, K=2=$R/e_k2" "MMD, K=4=$R/e_k4" "MMD, K=5=$R/e_k5" "MMD, K=8=$R/e_k8" "MMD, GMM=$R/e_gmm" "contrastive=$R/t_elpv@cluster_psi,oracle" "GRL=$R/e_grl" --seeds 0,1,2
+T "ELPV_ABL_REV" "=$R/t_elpv_rev@source_only" "MMD=$R/t_elpv_rev_mmd@all_target,oracle" "MMD=$R/e_abl_rev" "MMD, K=3=$R/t_elpv_rev_mmd@cluster_psi" "MMD, K=2=$R/e_k2_rev" "MMD, K=4=$R/e_k4_rev" "MMD, K=5=$R/e_k5_rev" "MMD, K=8=$R/e_k8_rev" "MMD, GMM=$R/e_gmm_rev" "contrastive=$R/t_elpv_rev@cluster_psi,oracle" "GRL=$R/e_grl_rev" --seeds 0,1,2
