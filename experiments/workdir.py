@@ -20,6 +20,8 @@ import json
 import os
 from typing import Callable, Iterable
 
+import ml_collections
+
 from experiments import cli
 from rodajax import report
 
@@ -74,17 +76,9 @@ def open_run(workdir: str, config, planned: Iterable[tuple],
 
 def config_changes(old: str, new: str) -> list[str]:
   """`["key: old -> new", ...]` between two config.json texts (dotted keys, sorted)."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      if isinstance(v, dict):
-        out.update(flat(v, f"{prefix}{k}."))
-      else:
-        out[f"{prefix}{k}"] = v
-    return out
   try:
-    a, b = flat(json.loads(old)), flat(json.loads(new))
-  except (ValueError, AttributeError):
+    a, b = (cli.flatten(ml_collections.ConfigDict(json.loads(t))) for t in (old, new))
+  except (ValueError, TypeError, AttributeError):
     return ["config.json (unreadable before)"]
   missing = object()
   return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}"
