@@ -31,17 +31,17 @@ go a_k2 pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.ud
 go a_k4 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
 go a_k5 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
 go a_k8 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
-go t_cont0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.methods=cluster_psi
-go c_meanshift0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
+go t_cont0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
+go c_gmm0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_meanshift0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
+go t_cont0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
+go c_gmm0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_meanshift0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
+go t_cont0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
+go c_gmm0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_meanshift0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go c_k20.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
-go t_cont0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.methods=cluster_psi
-go c_meanshift0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go c_k20.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
-go t_cont0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.seeds=1 --config.uda.methods=cluster_psi
-go c_meanshift0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go c_k20.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go con_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi,oracle --config.uda.negatives=outside
 go far05_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi --config.uda.negative_share=0.05
