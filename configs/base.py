@@ -29,6 +29,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.model.taps = ()                # () = the backbone's default mid-level taps
   c.model.pool = 3                 # local neighbourhood p of PatchCore's aggregation
   c.model.out_dim = 0              # 0 = keep all channels
+  c.model.bn_stats = "weights"     # BatchNorm running statistics of the source model: the weights' own, or "train" (re-estimated on the normal training images before the bank is built)
 
   c.coreset = ml_collections.ConfigDict()
   c.coreset.ratio = 0.1

@@ -21,7 +21,10 @@ def get_config(arg=None):
   c.data.points = 4096         # points per cloud (seeded random subsample of each file)
   c.data.groups = 512          # patch centres per cloud (farthest-point sampling)
   c.data.group_size = 64       # points per patch (nearest neighbours of the centre)
-  c.data.group_scale = 10.0    # centred patches are multiplied by this before the encoder
+  c.data.group_scale = 3.0     # centred patches are multiplied by this before the encoder:
+                               # a 64-point patch of a 4,096-point unit-sphere cloud (radius
+                               # ~0.17) then has radius ~0.5 (chosen by a sweep over 1-20 on the
+                               # dev sets, docs/pointclouds.md; 10 was 6 points lower)
   c.data.plane_distance = 0.005  # mvtec3d_points: background-plane distance, file units
   c.data.max_train = 0
 

@@ -149,9 +149,12 @@ def main(argv):
   module, variables, extract = train.build_model(config)
   ds = data.load(config.data, category, seed=config.seed, test=False)
   timing = {}
+  if config.model.get("bn_stats", "weights") == "train":
+    variables = train.train_statistics(config, module, variables, ds.train.images)
   feats = train.train_features(config, ds, variables, extract, timing)
   with tempfile.TemporaryDirectory() as tmp:
-    bank, _ = train.fit_or_restore(config, tmp, ds, module, variables, extract, timing, feats)
+    bank, variables = train.fit_or_restore(config, tmp, ds, module, variables, extract, timing,
+                                           feats, statistics_done=True)
   c = config
   scorer = jax.jit(patchcore.make_scorer(c.data.crop, c.scoring.sigma, c.scoring.chunk,
                                          c.scoring.reweight))

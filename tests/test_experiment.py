@@ -124,6 +124,27 @@ def test_shift_and_adaptation_records_for_each_fraction(tmp_path):
   assert [r["seconds"] for r in again] == [r["seconds"] for r in recs]
 
 
+def test_a_safeguard_fallback_reuses_the_source_evaluation(tmp_path, monkeypatch):
+  # margin 0.99: the held-out criterion never falls by 99 %, so roda keeps the source model;
+  # its evaluation is then none's (same variables, same split), computed once per shift.
+  write_mvtec(tmp_path / "data", n_train=6, n_good=6, n_bad=6, size=64)
+  c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="5",
+                   adapt__methods="none,roda", shift__adapt_fraction=0.5, adapt__batch_images=2,
+                   adapt__target_patches=64, adapt__bank_patches=64, adapt__safeguard_margin=0.99)
+  calls = []
+  evaluate = train.Context.evaluate
+  monkeypatch.setattr(train.Context, "evaluate",
+                      lambda self, v, *a: calls.append(a[-2]) or evaluate(self, v, *a))
+  recs = train.train_and_evaluate(c, str(tmp_path / "w"))
+  by = {(r["shift"], r["method"]): r for r in recs}
+  for shift in ("clean", "contrast"):
+    roda, none = by[shift, "roda"], by[shift, "none"]
+    assert roda["safeguard"]["kept"] == "source"
+    assert (roda["image_auroc"], roda["pixel_auroc"]) == (none["image_auroc"], none["pixel_auroc"])
+  # per shift: the source once (none), the unguarded last step once; roda's guarded one reused
+  assert len(calls) == 4 and sum("(unguarded)" in d for d in calls) == 2
+
+
 def test_config_errors_are_clear(tmp_path):
   write_mvtec(tmp_path / "data", size=64)
   with pytest.raises(train.ConfigError, match=r"coreset.ratio=1.5 must be in \(0, 1\]"):

@@ -431,3 +431,29 @@ def test_labels_follow_their_points_through_dropout_and_density():
       np.testing.assert_array_equal(y, np.take_along_axis(np.asarray(x), np.asarray(src)[..., None], 1))
     else:
       np.testing.assert_array_equal(src, np.broadcast_to(np.arange(300), (2, 300)))
+
+
+def test_train_statistics_are_the_moments_of_the_training_patches(golden):
+  # model.bn_stats=train: layer 1's statistics are those of x W1 + b1 over every point of every
+  # training patch the encoder sees (hand-computed in numpy); layer 2's follow from layer 1's.
+  from configs import pointcloud
+  from experiments import train
+  c = pointcloud.get_config()
+  c.data.groups, c.data.group_size, c.data.group_scale = 16, 8, 4.0
+  c.model.taps = ("layer2", "layer3")
+  v = pointnet.from_torch(pointnet_state_dict(0))
+  module = pointnet.PointNet(taps=("layer2", "layer3"))
+  clouds = np.asarray(golden["random_points"], np.float32)          # [2, 256, 3]
+  got = train.train_statistics(c, module, v, clouds)["batch_stats"]
+  x = np.asarray(points.encoder_input(jnp.asarray(clouds), 16, 8, 4.0)).reshape(-1, 3)
+  h = x @ np.asarray(v["params"]["conv1"]["kernel"]) + np.asarray(v["params"]["conv1"]["bias"])
+  np.testing.assert_allclose(got["bn1"]["mean"], h.mean(0), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(got["bn1"]["var"], h.var(0), rtol=1e-3, atol=1e-5)
+  p = v["params"]["bn1"]
+  a = np.maximum((h - h.mean(0)) / np.sqrt(h.var(0) + 1e-5) * np.asarray(p["scale"])
+                 + np.asarray(p["bias"]), 0)
+  h2 = a @ np.asarray(v["params"]["conv2"]["kernel"]) + np.asarray(v["params"]["conv2"]["bias"])
+  np.testing.assert_allclose(got["bn2"]["mean"], h2.mean(0), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(got["bn2"]["var"], h2.var(0), rtol=1e-3, atol=1e-4)
+  # the checkpoint's own statistics are something else (ModelNet40's), and stay in `v`
+  assert not np.allclose(v["batch_stats"]["bn1"]["var"], got["bn1"]["var"], rtol=0.1)
