@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import zlib
+from typing import Callable
 
 import jax
 import ml_collections
@@ -155,6 +156,12 @@ def train_features(config, ds, variables, extract, timing) -> np.ndarray:
   return feats
 
 
+def encoder_input_of(config) -> Callable:
+  """Point clouds `[B, N, 3]` -> what the PointNet sees (`points.encoder_input` of `config.data`)."""
+  d = config.data
+  return lambda x: points.encoder_input(x, d.groups, d.group_size, d.group_scale)
+
+
 def train_statistics(config, module, variables, images: np.ndarray) -> dict:
   """`variables` with BatchNorm statistics re-estimated on the training images (`model.bn_stats=train`).
 
@@ -163,11 +170,8 @@ def train_statistics(config, module, variables, images: np.ndarray) -> dict:
   source model and every adaptation then start from statistics of the normal
   training data. All images in one batch (exact for every layer) up to 64.
   """
-  if data.is_points(config.data):
-    d = config.data
-    prepare = lambda x: points.encoder_input(x, d.groups, d.group_size, d.group_scale)
-  else:
-    prepare = lambda x: features.crop_and_normalise(x, config.data.crop)
+  prepare = (encoder_input_of(config) if data.is_points(config.data) else
+             lambda x: features.crop_and_normalise(x, config.data.crop))
   moments = jax.jit(lambda v, x: adapt.batch_moments(module, v, prepare(x)))
   stats = tta.target_statistics(moments, variables, images, 64)
   return {**variables, "batch_stats": stats}
@@ -452,10 +456,7 @@ class Context:
     if (method, classes) not in self.fns:
       extra = {}
       if self.points:
-        d = self.config.data
-        extra = {"prepare": lambda x: points.encoder_input(x, d.groups, d.group_size,
-                                                            d.group_scale),
-                 "views": augment.point_views}
+        extra = {"prepare": encoder_input_of(self.config), "views": augment.point_views}
       self.fns[method, classes] = tta.build(method, self.config.adapt, self.module, self.extract,
                                             params, self.config.data.crop, classes=classes,
                                             **extra)
