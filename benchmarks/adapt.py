@@ -15,7 +15,8 @@
    C for 25,088 x 16,384, ~1.25e11 FLOP) and one pure logsumexp pass over it.
 2. One class's adaptation (`experiments.tta.run`: BN statistics, one pass of
    ceil(13 / 8) = 2 steps over bottle's 17 adaptation images less 4 held out,
-   the safeguard's criterion on the source and after each step), after compilation.
+   the safeguard's criteria, synthetic-defect copies included, on the source and
+   the end of the pass), after compilation.
 3. XLA's peak temporary memory of the discrete assignment, chunked vs dense.
 """
 import jax

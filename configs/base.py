@@ -94,5 +94,11 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # if a label-free criterion improves on them
   c.adapt.holdout_fraction = 0.25  # share of the adaptation images held out for it
   c.adapt.safeguard_criterion = "transport"  # transport (Eq. 6 cost) | nn (mean NN distance)
+                                   # | synthetic (1 - AUROC of synthetic defects) | synthetic_gain
+  c.adapt.safeguard_veto = "synthetic_gain"  # a second criterion that must not get worse ("" = none);
+                                   # docs/results.md "A veto for the safeguard"
+  c.adapt.synthetic_copies = 4     # synthetic-defect copies per held-out image (0 = off)
+  c.adapt.safeguard_candidates = "last"  # last: the end of the pass vs the source | steps: every
+                                   # step's parameters, the lowest criterion kept
   c.adapt.safeguard_margin = 0.01  # relative improvement needed to leave the source model
   return c

@@ -147,10 +147,10 @@ def main(argv):
              "adaptation compensated, or many of these images are anomalous; give normal "
              "images of the new conditions with --normals to recalibrate the threshold")
   if guard:
-    decision = (f"the safeguard kept {guard['kept']} (held-out {guard['criterion']} cost "
+    decision = (f"the safeguard kept {guard['kept']} (held-out {guard['criterion']} "
                 f"{guard['source']:.4g} -> {min(guard['candidates']):.4g})" if guard["adapted"]
                 else f"the safeguard kept the source model (no candidate beat its held-out "
-                f"{guard['criterion']} cost {guard['source']:.4g} by {guard['margin']:.0%})")
+                f"{guard['criterion']} {guard['source']:.4g} by {guard['margin']:.0%})")
   else:
     decision = f"{info.get('steps', 0)} steps, no safeguard"
   print(f"adapted model: {out} ({method} on {len(paths)} images; {decision}; median score "

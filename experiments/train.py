@@ -107,9 +107,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if not 0.0 < config.adapt.holdout_fraction < 1.0:
     raise ConfigError(f"config.adapt.holdout_fraction={config.adapt.holdout_fraction} must be "
                       "in (0, 1)")
-  if config.adapt.safeguard_criterion not in ("transport", "nn"):
-    raise ConfigError(f"config.adapt.safeguard_criterion={config.adapt.safeguard_criterion!r}; "
-                      "use transport or nn")
+  crit = config.adapt.safeguard_criterion
+  if crit not in ("transport", "nn", "synthetic", "synthetic_gain"):
+    raise ConfigError(f"config.adapt.safeguard_criterion={crit!r}; use transport, nn, synthetic "
+                      "or synthetic_gain")
+  if config.adapt.get("safeguard_candidates", "last") not in ("last", "steps"):
+    raise ConfigError(f"config.adapt.safeguard_candidates={config.adapt.safeguard_candidates!r}; "
+                      "use last or steps")
+  veto = config.adapt.get("safeguard_veto", "")
+  if veto not in ("", "transport", "nn", "synthetic", "synthetic_gain"):
+    raise ConfigError(f"config.adapt.safeguard_veto={veto!r}; use synthetic, synthetic_gain, "
+                      "transport, nn or '' (none)")
+  for what, name in (("criterion", crit), ("veto", veto)):
+    if name.startswith("synthetic") and config.adapt.get("synthetic_copies", 0) < 1:
+      raise ConfigError(f"config.adapt.safeguard_{what}={name} needs synthetic defects; set "
+                        "config.adapt.synthetic_copies >= 1")
   try:
     seeds(config)
   except ValueError as e:
@@ -442,6 +454,7 @@ class Context:
     self.computed = 0
     self.mesh = None           # a device mesh, made when config.scoring.shard_bank asks for one
     self._source_eval = None   # (key, evaluation) of the source model on the last eval split
+    self._criterion = (None, {})  # (key, tta.run cache) of the last adaptation split
     c = config
     self.points = data.is_points(c.data)
     if self.points:
@@ -456,7 +469,8 @@ class Context:
     if (method, classes) not in self.fns:
       extra = {}
       if self.points:
-        extra = {"prepare": encoder_input_of(self.config), "views": augment.point_views}
+        extra = {"prepare": encoder_input_of(self.config), "views": augment.point_views,
+                 "pseudo": augment.point_pseudo_anomalies}
       self.fns[method, classes] = tta.build(method, self.config.adapt, self.module, self.extract,
                                             params, self.config.data.crop, classes=classes,
                                             **extra)
@@ -526,8 +540,12 @@ class Context:
       t0 -= seconds          # this category's share of the vmapped pass
     elif method != "none":
       fns = self.functions(method, variables["params"])
+      ckey = (ds.name, category, shift, severity, seed, fraction)
+      if self._criterion[0] != ckey:   # the source model's held-out criterion, once per split
+        self._criterion = (ckey, {})
       kept, last, info = tta.run(method, fns, config.adapt, variables, source,
-                                 shifted[adapt_idx], jax.random.key(seed), progress=tqdm)
+                                 shifted[adapt_idx], jax.random.key(seed), progress=tqdm,
+                                 cache=self._criterion[1])
     t1 = time.perf_counter()
     desc = f"{category}/{shift}{severity or ''}/s{seed}/{method}: score"
     ekey = (ds.name, category, shift, severity, seed, fraction)

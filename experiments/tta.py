@@ -14,10 +14,12 @@ Per call of `run` (one method, one target domain):
    all), one jitted step each: ceil(n_train / batch) x epochs steps.
    Metrics stay on the device and are fetched once, after the loop.
 4. Safeguard (label-free, beyond the paper): a criterion
-   (`rodajax.adapt.holdout_criterion`) on the held-out images for the source
-   model and after every step; the step with the lowest criterion is kept if
-   it beats the source model by the relative `adapt.safeguard_margin`, else the
-   source model is kept. The decision is returned in `info["safeguard"]`.
+   (`rodajax.adapt.holdout_criterion`, `adapt.safeguard_criterion`) on the
+   held-out images for the source model and for the end of the pass
+   (`adapt.safeguard_candidates = last`; `steps`: after every step, the lowest
+   kept); the adapted model is kept if it beats the source model by the
+   relative `adapt.safeguard_margin`, else the source model is kept. The
+   decision is returned in `info["safeguard"]`.
 """
 from __future__ import annotations
 
@@ -75,12 +77,14 @@ def class_batch(cfg_adapt) -> int:
 
 def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
           prepare: Callable | None = None, views: Callable = augment.views,
-          classes: bool = False) -> Functions:
+          classes: bool = False, pseudo: Callable = augment.pseudo_anomalies) -> Functions:
   """Jits the step, the held-out criterion and the BN moments of `method`.
 
   `prepare(images) -> module input` (default: centre crop + ImageNet
   normalisation); point clouds pass `points.encoder_input` and
-  `augment.point_views`. `classes=True` maps each function over a leading
+  `augment.point_views` (and `pseudo=augment.point_pseudo_anomalies`, the
+  synthetic defects of the safeguard's `synthetic` criteria, computed when
+  `adapt.synthetic_copies > 0`). `classes=True` maps each function over a leading
   class axis (`adapt.class_map`: a vmap, or groups of `adapt.class_batch`
   classes) with the frozen weights shared, before jitting: the functions of
   `run_classes`. The class step takes and returns an `AdaptState` whose
@@ -112,9 +116,16 @@ def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
     step = jax.jit(adapt.make_step(s, extract, optimizer, views))
   prepare = prepare or (lambda images: features.crop_and_normalise(images, crop))
 
+  copies = int(cfg_adapt.get("synthetic_copies", 0))
+
   def criterion(variables, source, images, key):
     z = extract(variables, images)
-    return adapt.holdout_criterion(z.reshape(-1, z.shape[-1]), source, key, s)
+    z_pseudo = None
+    if copies > 0:   # the same key for every candidate: the same synthetic defects
+      z_pseudo = extract(variables, pseudo(images, jax.random.fold_in(key, 1), copies))
+      z_pseudo = z_pseudo.reshape(z_pseudo.shape[0], -1, z.shape[-1])
+    return adapt.holdout_criterion(z.reshape(z.shape[0], -1, z.shape[-1]), source, key, s,
+                                   z_pseudo)
 
   def moments(variables, images):
     return adapt.batch_moments(module, variables, prepare(images))
@@ -200,20 +211,26 @@ def minibatches(n: int, batch: int, epochs: int, key: jax.Array) -> list[np.ndar
   return out
 
 
-def decide(criteria: list[float], margin: float) -> int:
+def decide(criteria: list[float], margin: float, veto: list[float] | None = None) -> int:
   """Safeguard rule: index of the kept candidate (0 = source parameters).
 
   criteria[0] is the source model's held-out criterion, criteria[1] the one
   with the adapted statistics before any step, criteria[1 + s] the one after
-  step s. The best candidate is kept only if it is below (1 - margin) x the
-  source's; otherwise 0.
+  step s. The best candidate is kept only if it is below the source's by
+  margin x |source's| (criteria may be negative: `synthetic_gain`) and, with
+  `veto` (a second criterion, same indexing), that candidate's veto value is
+  not above the source's; otherwise 0.
   """
   if len(criteria) < 2 or not np.isfinite(criteria[0]):
     return 0
   adapted = np.asarray(criteria[1:], np.float64)
   adapted = np.where(np.isfinite(adapted), adapted, np.inf)
   best = int(np.argmin(adapted)) + 1
-  return best if criteria[best] < (1.0 - margin) * criteria[0] else 0
+  if not criteria[best] < criteria[0] - margin * abs(criteria[0]):
+    return 0
+  if veto is not None and not (np.isfinite(veto[best]) and veto[best] <= veto[0]):
+    return 0
+  return best
 
 
 def steps_info(step_metrics: list[dict], cfg_adapt) -> dict:
@@ -235,27 +252,66 @@ def steps_info(step_metrics: list[dict], cfg_adapt) -> dict:
   return info
 
 
-def safeguard_info(crits: list[dict], cfg_adapt) -> tuple[int, dict]:
-  """`(chosen, record)` from the held-out criteria of the source model and every candidate.
+def guarded(cfg_adapt, n_candidates: int) -> list[int]:
+  """Indices of the candidates the safeguard compares with the source model.
 
-  crits[0]: the source model; crits[1]: statistics only (before any step);
-  crits[1 + s]: after step s. `chosen` indexes crits (0 = keep the source).
+  Candidate 0 holds the adapted statistics before any step, candidate s the
+  parameters after step s. `adapt.safeguard_candidates`: "last" (default)
+  compares only the end of the pass, the model Algorithm 1 returns: one
+  comparison, so a noisy criterion is not given several chances to beat the
+  source by luck (the minimum of k noisy values is biased low); "steps"
+  compares every candidate and keeps the lowest.
+  """
+  how = cfg_adapt.get("safeguard_candidates", "last")
+  if how == "last":
+    return [n_candidates - 1]
+  if how == "steps":
+    return list(range(n_candidates))
+  raise cli.UserError(f"config.adapt.safeguard_candidates={how!r}; use last or steps")
+
+
+def candidate_label(index: int) -> str:
+  return "statistics" if index == 0 else f"step {index}"
+
+
+def safeguard_info(crits: list[dict], cfg_adapt,
+                   labels: list[str] | None = None) -> tuple[int, dict]:
+  """`(chosen, record)` from the held-out criteria of the source model and the candidates.
+
+  crits[0]: the source model; crits[1 + j]: candidate j, named labels[j]
+  (default: statistics only, then step 1, 2, ...). `chosen` indexes crits
+  (0 = keep the source).
   """
   name = cfg_adapt.safeguard_criterion
   values = [float(c[name]) for c in crits]
-  chosen = decide(values, cfg_adapt.safeguard_margin)
+  labels = labels or [candidate_label(j) for j in range(len(crits) - 1)]
+  veto_name = cfg_adapt.get("safeguard_veto", "") or None
+  for what, k in (("criterion", name), ("veto", veto_name)):
+    if k is not None and k not in crits[0]:
+      raise cli.UserError(f"config.adapt.safeguard_{what}={k!r} is not among the computed "
+                          f"criteria {sorted(crits[0])}; the synthetic ones need "
+                          "config.adapt.synthetic_copies >= 1")
+  veto = None if veto_name is None else [float(c[veto_name]) for c in crits]
+  chosen = decide(values, cfg_adapt.safeguard_margin, veto)
   return chosen, {
-      "criterion": name, "margin": cfg_adapt.safeguard_margin,
-      "source": values[0], "candidates": values[1:],
+      "criterion": name, "margin": cfg_adapt.safeguard_margin, "veto": veto_name,
+      "vetoed": veto is not None and chosen == 0 and decide(values, cfg_adapt.safeguard_margin) != 0,
+      "source": values[0], "candidates": values[1:], "candidate_labels": labels,
       "other_criterion": {k: [float(c[k]) for c in crits] for k in crits[0] if k != name},
-      "kept": "source" if chosen == 0 else ("statistics" if chosen == 1 else f"step {chosen - 1}"),
+      "kept": "source" if chosen == 0 else labels[chosen - 1],
       "adapted": chosen != 0}
 
 
 def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
-        images: np.ndarray, key: jax.Array,
-        progress: Callable | None = None) -> tuple[dict, dict, dict]:
+        images: np.ndarray, key: jax.Array, progress: Callable | None = None,
+        cache: dict | None = None) -> tuple[dict, dict, dict]:
   """Adapts `variables` with `method` on uint8 target images `[n, R, R, 3]`.
+
+  `cache`: a dict the caller keeps for one target split (same `images`, `key`,
+  `variables` and `source`) and passes to every method's run: the source
+  model's held-out criterion, the same for every method, is computed once.
+  Entries are keyed by the held-out indices and the criterion's settings, so a
+  cache shared by mistake misses instead of answering wrongly.
 
   Returns:
     `(kept, last, info)`: the variables the safeguard keeps, the variables
@@ -312,13 +368,23 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
     return last, last, info
 
   hold = jnp.asarray(images[hold_idx])
-  base = fns.criterion(variables, source, hold, k_crit)
+  entry = (hold_idx.tobytes(), len(images),
+           dataclasses.replace(fns.settings, method="", views=0),
+           int(cfg_adapt.get("synthetic_copies", 0)))
+  if cache is not None and cache.get("entry") == entry:
+    base = cache["source_criterion"]
+  else:
+    base = fns.criterion(variables, source, hold, k_crit)
+    if cache is not None:
+      cache.update(entry=entry, source_criterion=base)
+  idx = guarded(cfg_adapt, len(candidates))
   # With the source statistics the first candidate is the source model: no second evaluation.
   crits = jax.device_get([base] + [base if i == 0 and stats is source_stats
-                                   else fns.criterion(variables_of(v), source, hold, k_crit)
-                                   for i, v in enumerate(candidates)])
-  chosen, info["safeguard"] = safeguard_info(crits, cfg_adapt)
-  kept = variables if chosen == 0 else variables_of(candidates[chosen - 1])
+                                   else fns.criterion(variables_of(candidates[i]), source, hold,
+                                                      k_crit)
+                                   for i in idx])
+  chosen, info["safeguard"] = safeguard_info(crits, cfg_adapt, [candidate_label(i) for i in idx])
+  kept = variables if chosen == 0 else variables_of(candidates[idx[chosen - 1]])
   return kept, last, info
 
 
@@ -465,13 +531,20 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
     criterion = lambda v: stack([_per_class(fns, fns.criterion, v, i, sources_i[i],
                                             jnp.asarray(holds[i]), kc[i]) for i in range(c)])
   base = criterion(v0)
+  # A class past its last step is frozen: candidates[-1] is every class's own last.
+  idx = guarded(cfg_adapt, len(candidates))
   crits = jax.device_get([base] + [base if i == 0 and stats is source_stats
-                                   else criterion(variables_of(v))
-                                   for i, v in enumerate(candidates)])
+                                   else criterion(variables_of(candidates[i]))
+                                   for i in idx])
   kept = []
   for i, info in enumerate(infos):
-    own = crits[:2 + len(orders[i])]        # the source, statistics only, its own steps
-    chosen, info["safeguard"] = safeguard_info([{k: v[i] for k, v in cr.items()} for cr in own],
-                                               cfg_adapt)
-    kept.append(variables[i] if chosen == 0 else fns.unstack(variables_of(candidates[chosen - 1]), i))
+    n_own = len(orders[i]) + 1              # statistics only, then its own steps
+    own = [j for j, k in enumerate(idx)
+           if k < n_own or (k == len(candidates) - 1 and n_own - 1 not in idx)]
+    labels = [candidate_label(min(idx[j], n_own - 1)) for j in own]
+    chosen, info["safeguard"] = safeguard_info(
+        [{k: v[i] for k, v in cr.items()} for cr in [crits[0]] + [crits[1 + j] for j in own]],
+        cfg_adapt, labels)
+    kept.append(variables[i] if chosen == 0 else
+                fns.unstack(variables_of(candidates[idx[own[chosen - 1]]]), i))
   return kept, last, infos

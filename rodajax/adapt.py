@@ -356,8 +356,9 @@ def mix_batch_stats(source_stats, target_stats, n_target: int, prior: float) -> 
   return jax.tree.map(lambda s, t: (1.0 - w) * s + w * t, source_stats, target_stats)
 
 
-def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Settings) -> dict:
-  """Label-free criteria of how well target patches `z [N, D]` fit the source bank.
+def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Settings,
+                      z_pseudo: jax.Array | None = None) -> dict:
+  """Label-free criteria of how well target patches `z [B, P, D]` fit the source bank.
 
   Used by the safeguard on held-out adaptation images (never on test labels):
     transport: the discretised transport cost of Eq. 6 (row and column pairs:
@@ -365,11 +366,34 @@ def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Se
       as when they drift away), on the same balanced subsets for a fixed key;
     nn: the mean nearest-neighbour distance to the whole bank (PatchCore's
       patch score, averaged).
+  With `z_pseudo [B * copies, P, D]`, the features of the same images with a
+  synthetic local defect each (`augment.pseudo_anomalies`, grouped per copy),
+  also (lower is better, like the others):
+    synthetic: 1 - AUROC of the image scores (max NN distance) of the
+      defective copies against the held-out images themselves (Mann-Whitney,
+      ties count half): does the model still rank a local change above the
+      domain's normal variation;
+    synthetic_gain: minus the mean rise of an image's score when the defect
+      is added, in units of the held-out scores' standard deviation.
   """
-  zs, bs, _, pot = transport_problem(z, source.bank, key, settings, source.valid)
+  b, d = z.shape[0], z.shape[-1]
+  z = z.reshape(b, -1, d)
+  flat = z.reshape(-1, d)
+  zs, bs, _, pot = transport_problem(flat, source.bank, key, settings, source.valid)
   row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g, chunk=settings.chunk)
-  nn = scoring.nearest_distances(z, source.bank, settings.chunk, source.valid)
-  return {"transport": transport.discrete_loss(zs, bs, row, col), "nn": jnp.mean(nn)}
+  nn = scoring.nearest_distances(flat, source.bank, settings.chunk, source.valid)
+  out = {"transport": transport.discrete_loss(zs, bs, row, col), "nn": jnp.mean(nn)}
+  if z_pseudo is None:
+    return out
+  chex.assert_equal(z_pseudo.shape[-1], d)
+  s = jnp.max(nn.reshape(b, -1), axis=1)
+  zp = z_pseudo.reshape(-1, d)
+  sp = jnp.max(scoring.nearest_distances(zp, source.bank, settings.chunk, source.valid)
+               .reshape(z_pseudo.shape[0], -1), axis=1)
+  wins = jnp.mean((sp[:, None] > s[None, :]) + 0.5 * (sp[:, None] == s[None, :]))
+  rise = jnp.mean(sp.reshape(-1, b) - s[None, :]) / (jnp.std(s) + 1e-6 * jnp.mean(s) + 1e-12)
+  out.update({"synthetic": 1.0 - wins, "synthetic_gain": -rise})
+  return out
 
 
 def assignment_analysis(z: jax.Array, labels: jax.Array, source: Source, key: jax.Array,

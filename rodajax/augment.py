@@ -57,3 +57,59 @@ def point_views(points: jax.Array, key: jax.Array, n_views: int = 4,
     x = jnp.stack([c * x[..., 0] + s * x[..., 2], x[..., 1], -s * x[..., 0] + c * x[..., 2]], -1)
     out.append(x)
   return jnp.concatenate(out)
+
+
+def pseudo_anomalies(images: jax.Array, key: jax.Array, copies: int = 4,
+                     size_fraction: float = 0.125, margin_fraction: float = 0.125) -> jax.Array:
+  """Synthetic local defects on images `[B, R, R, C]` -> `[B * copies, R, R, C]` (CutPaste-like).
+
+  Each copy of image b gets one square of side `size_fraction * R` taken from a
+  random place of image (b + 1) % B, turned by a random multiple of 90
+  degrees, and pasted at a random place at least `margin_fraction * R` from
+  the border (inside a centre crop). Label-free: the safeguard uses it to ask
+  whether a model still tells a local change from the normal variation of
+  the same (shifted) domain (Li et al., CVPR 2021, CutPaste, without the
+  colour jitter). Grouped per copy: rows c * B .. (c + 1) * B - 1 are copy c.
+  """
+  b, r = images.shape[:2]
+  s = max(1, int(round(size_fraction * r)))
+  lo = int(round(margin_fraction * r))
+  hi = max(lo + 1, r - lo - s + 1)
+  donors = jnp.roll(images, -1, axis=0)
+
+  def one(img, donor, k):
+    k_from, k_to, k_rot = jax.random.split(k, 3)
+    fy, fx = jax.random.randint(k_from, (2,), 0, r - s + 1)
+    ty, tx = jax.random.randint(k_to, (2,), lo, hi)
+    patch = jax.lax.dynamic_slice(donor, (fy, fx, 0), (s, s, img.shape[-1]))
+    patch = jax.lax.switch(jax.random.randint(k_rot, (), 0, 4),
+                           [lambda p, t=t: jnp.rot90(p, t) for t in range(4)], patch)
+    return jax.lax.dynamic_update_slice(img, patch, (ty, tx, 0))
+
+  keys = jax.random.split(key, copies * b).reshape(copies, b)
+  return jnp.concatenate([jax.vmap(one)(images, donors, keys[c]) for c in range(copies)])
+
+
+def point_pseudo_anomalies(points: jax.Array, key: jax.Array, copies: int = 4,
+                           fraction: float = 0.04, depth: float = 0.08) -> jax.Array:
+  """Synthetic local bulges on clouds `[B, N, 3]` -> `[B * copies, N, 3]`, grouped per copy.
+
+  Each copy pushes the `fraction * N` points nearest a random point of the
+  cloud outwards (away from the cloud's centroid) by up to `depth` (unit-sphere
+  radii), tapering linearly to 0 at the region's edge: the dev sets' bulge
+  (`experiments.make_pointclouds`) without a mesh or normals.
+  """
+  b, n = points.shape[:2]
+  k = max(1, int(round(fraction * n)))
+
+  def one(x, kk):
+    c = x[jax.random.randint(kk, (), 0, n)]
+    d = jnp.linalg.norm(x - c, axis=-1)
+    neg, idx = jax.lax.top_k(-d, k)
+    radius = jnp.maximum(-neg[-1], 1e-6)
+    direction = x[idx] - jnp.mean(x, axis=0)
+    direction = direction / jnp.maximum(jnp.linalg.norm(direction, axis=-1, keepdims=True), 1e-6)
+    return x.at[idx].add(depth * (1.0 + neg / radius)[:, None] * direction)
+
+  keys = jax.random.split(key, copies * b).reshape(copies, b)
+  return jnp.concatenate([jax.vmap(one)(points, keys[c]) for c in range(copies)])

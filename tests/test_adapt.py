@@ -90,6 +90,27 @@ def test_safeguard_keeps_the_source_model_when_the_criterion_does_not_improve():
   assert tta.decide([10.0, 9.5, 9.0, 9.2], 0.01) == 2          # best step kept (early stopping)
   assert tta.decide([10.0, float("nan"), 9.0], 0.01) == 2      # a diverged candidate is skipped
   assert tta.decide([float("nan"), 1.0], 0.01) == 0            # no reference: keep the source
+  assert tta.decide([-2.0, -2.5], 0.01) == 1                   # negative criteria (synthetic_gain)
+  assert tta.decide([-2.0, -1.99], 0.01) == 0
+  # a veto (second criterion) keeps the source when the chosen candidate is worse by it
+  assert tta.decide([10.0, 9.0], 0.01, veto=[0.2, 0.3]) == 0
+  assert tta.decide([10.0, 9.0], 0.01, veto=[0.2, 0.2]) == 1   # equal is not worse
+  assert tta.decide([10.0, 9.5, 9.0], 0.01, veto=[0.2, 0.1, 0.25]) == 0   # judged at the best
+  assert tta.decide([10.0, 9.0], 0.01, veto=[0.2, float("nan")]) == 0
+
+
+def test_safeguard_compares_the_last_candidate_or_every_step():
+  from ml_collections import ConfigDict
+  last, steps = (ConfigDict({"safeguard_candidates": k}) for k in ("last", "steps"))
+  assert tta.guarded(last, 4) == [3] and tta.guarded(steps, 4) == [0, 1, 2, 3]
+  cfg = ConfigDict({"safeguard_criterion": "transport", "safeguard_margin": 0.01,
+                    "safeguard_veto": "synthetic"})
+  crits = [{"transport": 10.0, "synthetic": 0.2}, {"transport": 9.0, "synthetic": 0.3}]
+  chosen, rec = tta.safeguard_info(crits, cfg, ["step 3"])
+  assert chosen == 0 and rec["vetoed"] and rec["kept"] == "source"
+  crits[1]["synthetic"] = 0.1
+  chosen, rec = tta.safeguard_info(crits, cfg, ["step 3"])
+  assert chosen == 1 and not rec["vetoed"] and rec["kept"] == "step 3"
 
 
 def test_step_count_is_one_pass_of_minibatches_per_epoch(setup):
@@ -228,3 +249,99 @@ def test_patch_labels_mark_cells_with_mask_pixels():
   m[0, 5, 2] = 255
   lab = np.asarray(features.patch_labels(jnp.asarray(m), (2, 2)))
   np.testing.assert_array_equal(lab[0], [[False, False], [True, False]])
+
+
+def test_pseudo_anomalies_paste_one_turned_square_of_the_next_image():
+  """Each copy differs from its image in one s x s square inside the margin, which is a
+  90-degree turn of some s x s window of the next image (checked by brute force)."""
+  from rodajax import augment
+  rng = np.random.default_rng(0)
+  imgs = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+  out = np.asarray(augment.pseudo_anomalies(jnp.asarray(imgs), jax.random.key(1), copies=2,
+                                            size_fraction=0.25, margin_fraction=0.125))
+  assert out.shape == (6, 32, 32, 3) and out.dtype == np.uint8
+  s = 8
+  for c in range(2):
+    for b in range(3):
+      diff = np.any(out[c * 3 + b] != imgs[b], axis=-1)
+      ys, xs = np.nonzero(diff)
+      assert ys.size > 0
+      y0, x0 = ys.min(), xs.min()
+      assert ys.max() - y0 < s and xs.max() - x0 < s and 4 <= y0 and y0 + s <= 28
+      # the changed pixels lie in one square; find its position among the candidates
+      # that contain them and keep the one that matches a turned donor window
+      donor = imgs[(b + 1) % 3]
+      windows = {donor[i:i + s, j:j + s].tobytes() for i in range(25) for j in range(25)}
+      found = False
+      for ty in range(max(4, ys.max() - s + 1), min(y0, 28 - s) + 1):
+        for tx in range(max(0, xs.max() - s + 1), min(x0, 32 - s) + 1):
+          sq = out[c * 3 + b, ty:ty + s, tx:tx + s]
+          found |= any(np.rot90(sq, -t).tobytes() in windows for t in range(4))
+      assert found
+
+
+def test_point_pseudo_anomalies_push_a_local_patch_outwards():
+  from rodajax import augment
+  rng = np.random.default_rng(0)
+  pts = rng.normal(size=(2, 500, 3)).astype(np.float32)
+  pts /= np.linalg.norm(pts, axis=-1, keepdims=True)          # points on the unit sphere
+  out = np.asarray(augment.point_pseudo_anomalies(jnp.asarray(pts), jax.random.key(0),
+                                                  copies=3, fraction=0.04, depth=0.1))
+  assert out.shape == (6, 500, 3)
+  for i in range(6):
+    x = pts[i % 2]
+    disp = out[i] - x
+    moved = np.linalg.norm(disp, axis=-1) > 0
+    assert 1 <= moved.sum() <= 20                             # at most 4 % of the points
+    assert np.linalg.norm(disp, axis=-1).max() <= 0.1 + 1e-6
+    radial = np.sum(disp[moved] * (x[moved] - x.mean(0)), axis=-1)
+    assert np.all(radial > 0)                                 # outwards
+    # one local patch: the moved points are among the 20 nearest of the most-moved one
+    # (the random centre, pushed by the full depth; the 20th gets zero)
+    centre = x[np.argmax(np.linalg.norm(disp, axis=-1))]
+    np.testing.assert_allclose(np.linalg.norm(disp, axis=-1).max(), 0.1, rtol=1e-5)
+    nearest = set(np.argsort(np.linalg.norm(x - centre, axis=-1))[:20])
+    assert set(np.nonzero(moved)[0]) <= nearest and moved.sum() >= 19
+
+
+def test_synthetic_criterion_is_one_minus_the_auroc_of_defective_copies():
+  """Hand-made features: image scores are the max distance to a one-point bank at the origin."""
+  from sklearn.metrics import roc_auc_score
+  bank = jnp.zeros((1, 2))
+  source = adapt.Source(bank, jnp.zeros(2), jnp.eye(2))
+  clean_max = np.array([1.0, 2.0, 4.0])
+  copy_max = np.array([3.0, 2.0, 5.0, 0.5, 4.0, 6.0])      # 2 copies x 3 images, grouped per copy
+
+  def feats(maxes):   # each image: 3 patches, the largest at distance `max` from the bank
+    return jnp.asarray([[[m, 0.0], [0.1 * m, 0.0], [0.0, 0.2 * m]] for m in maxes], jnp.float32)
+  s = adapt.Settings(method="roda", target_patches=0, bank_patches=0)
+  out = adapt.holdout_criterion(feats(clean_max), source, jax.random.key(0), s, feats(copy_max))
+  y = np.r_[np.zeros(3), np.ones(6)]
+  want = 1.0 - roc_auc_score(y, np.r_[clean_max, copy_max])
+  np.testing.assert_allclose(float(out["synthetic"]), want, atol=1e-6)
+  rise = np.mean(copy_max.reshape(2, 3) - clean_max[None]) / np.std(clean_max)
+  np.testing.assert_allclose(float(out["synthetic_gain"]), -rise, rtol=1e-5)
+  assert "synthetic" not in adapt.holdout_criterion(feats(clean_max), source, jax.random.key(0), s)
+
+
+def test_source_criterion_is_computed_once_per_split(setup):
+  """Methods adapting on the same split share the source model's held-out criterion."""
+  s, cfg = setup, setup["cfg"].adapt
+  calls = []
+
+  def counted(method):
+    fns = tta.build(method, cfg, s["module"], s["extract"], s["variables"]["params"], S)
+    f = fns.criterion
+    fns.criterion = lambda *a: (calls.append(method), f(*a))[1]
+    return fns
+  fb, fr = counted("bn_stats"), counted("roda")
+  imgs, cache = s["clean_target"], {}
+  run = lambda fns, m, c, x=imgs: tta.run(m, fns, cfg, s["variables"], s["source"], x,
+                                          jax.random.key(0), cache=c)
+  run(fb, "bn_stats", cache)
+  cached = run(fr, "roda", cache)[2]["safeguard"]
+  assert calls == ["bn_stats", "bn_stats", "roda"]        # source + statistics; last only
+  fresh = run(fr, "roda", None)[2]["safeguard"]
+  assert calls[3:] == ["roda", "roda"] and cached == fresh
+  run(fr, "roda", cache, imgs[:-1])                       # another split: the cache misses
+  assert calls[5:] == ["roda", "roda"]

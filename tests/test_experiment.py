@@ -157,7 +157,10 @@ def test_config_errors_are_clear(tmp_path):
                   (dict(adapt__methods="none,tent"), "unknown adaptation method 'tent'.*roda"),
                   (dict(shift__adapt_fractions="0.2,1.5"), r"fraction 1.5 .* must be in \[0, 1\]"),
                   (dict(adapt__methods="roda"), "need target images"),
-                  (dict(adapt__bn_mode="batch"), "bn_mode='batch'; use one of source")]:
+                  (dict(adapt__bn_mode="batch"), "bn_mode='batch'; use one of source"),
+                  (dict(adapt__safeguard_criterion="auroc"), "criterion='auroc'; use transport"),
+                  (dict(adapt__safeguard_criterion="synthetic", adapt__synthetic_copies=0),
+                   "synthetic_copies >= 1")]:
     with pytest.raises(Exception, match=msg):
       train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "w"))
   out = subprocess.run([sys.executable, "-m", "experiments.roda", "--config",

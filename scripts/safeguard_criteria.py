@@ -1,0 +1,132 @@
+"""Which label-free safeguard criterion would have kept the better model? (issues 11 and 15)
+
+  python scripts/safeguard_criteria.py runs/a/results.json runs/b/results.json ...
+
+Every adapted record of a run with the safeguard on carries its held-out
+criteria for the source model and for each candidate (`safeguard.source`,
+`safeguard.candidates`, `safeguard.other_criterion`) and its AUROC with and
+without the guard (`image_auroc`, `unguarded`). For each criterion this asks
+the binary question the guard faces at the end of a pass: keep the source
+model or the last step's? It adapts when the last step's value is below the
+source's by the relative margin (`--margin`, as `tta.decide`), and scores
+that choice with the AUROC of the chosen model (`none`'s record of the same
+split for the source, `unguarded` for the last step). Printed per criterion
+(markdown): the mean chosen AUROC on clean and shifted records, how often
+the choice is more than 1 point below none, how often its direction agrees
+with the AUROC change, and the oracle (the better of the two, per record).
+"""
+import argparse
+import collections
+import json
+import statistics
+
+CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
+# Rules of two criteria: adapt when the first improves by the margin and the second
+# does not get worse (a veto).
+VETOES = (("transport", "synthetic"), ("transport", "synthetic_gain"))
+
+
+def load(files):
+  recs = []
+  for f in files:
+    data = json.load(open(f))
+    recs += data["records"] if isinstance(data, dict) else data
+  return recs
+
+
+def key(r):
+  return (r["dataset"], r["category"], r["shift"], r["severity"], r["seed"], r["adapt_fraction"])
+
+
+def rows(recs, metric):
+  """(dataset/category, shift, method, none, unguarded, {criterion: (source, last)}) per record."""
+  none = {key(r): r[metric] for r in recs if r["method"] == "none"}
+  out = []
+  for r in recs:
+    g = r.get("safeguard")
+    if not g or key(r) not in none or r[metric] is None:
+      continue
+    last = (r.get("unguarded") or {}).get(metric)
+    if last is None:
+      continue
+    crit = {g["criterion"]: (g["source"], g["candidates"][-1])}
+    for name, v in g.get("other_criterion", {}).items():
+      crit[name] = (v[0], v[-1])
+    crit["as run"] = r[metric]
+    out.append((f"{r['dataset']}/{r['category']}", r["shift"], r["method"], none[key(r)], last,
+                crit))
+  return out
+
+
+def adapts(source, last, margin):
+  return last < source - margin * abs(source)
+
+
+def table(rs, margin):
+  lines = ["| criterion | records | clean: mean chosen (none) | shifted: mean chosen (none / "
+           "unguarded / oracle) | chosen > 1 below none (clean, shifted) | direction agrees |",
+           "|---|---|---|---|---|---|"]
+  names = ("as run", "never adapt", "always adapt") + CRITERIA + tuple(f"{a} + {b} veto" for a, b in VETOES)
+  for name in names:
+    clean, shifted, harm, agree, n = [], [], collections.Counter(), 0, 0
+    base = {"clean": [], "shift": [], "ung": [], "oracle": []}
+    for _, shift, _, none, last, crit in rs:
+      if name == "as run":   # the record's own guarded result (its rule and candidates)
+        a = None
+      elif name == "never adapt":
+        a = False
+      elif name == "always adapt":
+        a = True
+      elif name in crit:
+        a = adapts(*crit[name], margin)
+      elif name.endswith(" veto") and all(c in crit for c in name[:-5].split(" + ")):
+        first, second = name[:-5].split(" + ")
+        a = adapts(*crit[first], margin) and crit[second][1] <= crit[second][0]
+      else:
+        continue
+      chosen = crit["as run"] if a is None else (last if a else none)
+      n += 1
+      (clean if shift == "clean" else shifted).append(chosen)
+      if shift == "clean":
+        base["clean"].append(none)
+      else:
+        base["shift"].append(none)
+        base["ung"].append(last)
+        base["oracle"].append(max(none, last))
+      if chosen < none - 1.0:
+        harm["clean" if shift == "clean" else "shift"] += 1
+      if a is not None and name not in ("never adapt", "always adapt") and abs(last - none) > 0.5:
+        agree += a == (last > none)
+    if not n:
+      continue
+    mean = lambda x: f"{statistics.mean(x):.2f}" if x else "-"
+    n_dir = sum(1 for *_, none, last, c in rs if abs(last - none) > 0.5 and (
+        name.split(" + ")[0].removesuffix(" veto") in c))
+    n_dir = n_dir if name != "as run" else 0
+    lines.append(
+        f"| {name} | {n} | {mean(clean)} ({mean(base['clean'])}) | {mean(shifted)} "
+        f"({mean(base['shift'])} / {mean(base['ung'])} / {mean(base['oracle'])}) | "
+        f"{harm['clean']} of {len(clean)}, {harm['shift']} of {len(shifted)} | "
+        + (f"{agree} of {n_dir} |" if name in crit or name.endswith("veto") else "- |"))
+  return "\n".join(lines)
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("files", nargs="+")
+  ap.add_argument("--metric", default="image_auroc")
+  ap.add_argument("--margin", type=float, default=0.01)
+  ap.add_argument("--by", choices=("all", "dataset", "method", "dataset+method"), default="all")
+  args = ap.parse_args()
+  rs = rows(load(args.files), args.metric)
+  groups = {"all": rs} if args.by == "all" else collections.defaultdict(list)
+  if args.by != "all":
+    for r in rs:
+      groups[{"dataset": r[0], "method": r[2], "dataset+method": f"{r[0]}, {r[2]}"}[args.by]].append(r)
+  for g, sub in groups.items():
+    print(f"\n#### {args.metric}, {g} (margin {args.margin})\n")
+    print(table(sub, args.margin))
+
+
+if __name__ == "__main__":
+  main()
