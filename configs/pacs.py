@@ -7,7 +7,8 @@ Run:
 
 For each normal class c (7) and target domain (3), seeds 0-2: Deep SVDD on c's photos
 (f: EfficientNet-Lite0, its last stage + head trainable), aligned with the dominant cluster
-(a 3-component GMM; `--config.uda.cluster=kmeans` for the paper's K-means) of the unlabelled
+(by default the trimmed set: all but the 20% of it farthest from the rest's mean;
+`--config.uda.cluster=kmeans` for the paper's K-means, `gmm` for a 3-component GMM) of the unlabelled
 target set (c's target images + 10% other classes), the
 clustering done on psi = frozen EfficientNet-Lite2 features (separate from f), scored on
 held-out target images. Alignment: MMD by default (measured best); the paper's contrastive

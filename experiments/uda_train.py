@@ -72,6 +72,9 @@ def validate(config, index) -> None:
     cli.warn(f"uda.psi={config.uda.psi!r} is f's own backbone: cluster_psi then clusters on f at "
              "initialisation, not on a separate encoder (the paper's psi); set uda.psi to "
              "another backbone or a feature file (file:<npz>)")
+  if not 0.0 <= config.uda.trim_share < 1.0:
+    raise ConfigError(f"uda.trim_share={config.uda.trim_share} must be in [0, 1) (the share of "
+                      "the target set that cluster=trimmed leaves out of D)")
   if not 0.0 < config.uda.negative_share <= 1.0:
     raise ConfigError(f"uda.negative_share={config.uda.negative_share} must be in (0, 1] (the "
                       "share of the target set taken as far negatives)")
@@ -254,7 +257,8 @@ def dominant_set(method, config, split, cache, model, variables, key, target, em
     d[np.asarray(jax.random.choice(key, normal, (min(config.uda.few_shot_k, len(normal)),),
                                    replace=False))] = True
   else:
-    d = cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster)
+    d = cluster.dominant_cluster(feats, config.uda.clusters, key, config.uda.cluster,
+                                 trim=config.uda.trim_share)
   if config.uda.negatives == "far":
     return d, cluster.far_from(feats, d, int(np.ceil(config.uda.negative_share * n)))
   return d, ~d

@@ -14,6 +14,10 @@ other clusters are normal images too), the far tail is where anomalies sit.
 K-means is OTT-JAX's (`ott.tools.k_means`, k-means++ init, several restarts),
 jit-able. Alternatives from scikit-learn (host, not jit-able): a Gaussian
 mixture (largest component by hard assignment) and MeanShift (largest mode).
+Beyond the paper, `trimmed`: trimmed K-means with K = 1 (Cuesta-Albertos,
+Gordaliza and Matran, Ann. Statist. 1997): D = the (1 - alpha) n samples
+nearest to D's own mean, a robust "everything but the far tail" that needs no
+K and does not split the normal class into appearance modes.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from ott.tools import k_means
 
-METHODS = ("kmeans", "gmm", "meanshift")
+METHODS = ("kmeans", "gmm", "meanshift", "trimmed")
 NEGATIVES = ("outside", "far")   # contrastive negatives: every sample outside D | `far_from`
 
 
@@ -44,14 +48,44 @@ def largest(labels: jax.Array, k: int) -> jax.Array:
   return labels == jnp.argmax(counts)
 
 
+def trimmed_mean_mask(x: jax.Array, keep: int, iterations: int = 20) -> jax.Array:
+  """Trimmed K-means with K = 1: mask `[n]` bool of the `keep` samples of `x [n, D]`
+  nearest to the mean of those same samples.
+
+  Concentration steps from the mean of all samples: keep the `keep` nearest to the
+  current centre (squared Euclidean; ties by index), move the centre to their mean.
+  Each step does not increase the trimmed within-cluster sum of squares, so the
+  mask settles at a fixed point; `iterations` steps bound the loop (jit-able).
+  """
+  x = jnp.asarray(x, jnp.float32)
+  chex.assert_rank(x, 2)
+  n = x.shape[0]
+  if not 1 <= keep <= n:
+    raise ValueError(f"keep={keep} samples must be in 1..{n}")
+
+  def mask_of(centre):
+    d = jnp.sum((x - centre) ** 2, axis=-1)
+    return jnp.zeros(n, bool).at[jnp.argsort(d, stable=True)[:keep]].set(True)
+
+  def step(_, centre):
+    m = mask_of(centre)
+    return (m.astype(x.dtype) @ x) / keep
+
+  centre = jax.lax.fori_loop(0, iterations, step, jnp.mean(x, axis=0))
+  return mask_of(centre)
+
+
 def dominant_cluster(x, k: int, key: jax.Array, method: str = "kmeans",
-                     normalise: bool = True) -> np.ndarray:
+                     normalise: bool = True, trim: float = 0.2) -> np.ndarray:
   """Mask `[n]` bool of the dominant cluster of `x [n, D]` (Eqs. 6-7).
 
   Args:
-    k: number of clusters (K-means / GMM components); ignored by MeanShift.
+    k: number of clusters (K-means / GMM components); ignored by MeanShift and
+      trimmed.
     normalise: cluster L2-normalised features (cosine geometry, as the
       contrastive loss uses).
+    trim: share alpha of the samples the `trimmed` method leaves out of D (the far
+      tail; D keeps round((1 - alpha) n), at least 1).
   """
   x = jnp.asarray(x, jnp.float32)
   if k < 1 or k > x.shape[0]:
@@ -59,8 +93,14 @@ def dominant_cluster(x, k: int, key: jax.Array, method: str = "kmeans",
                      "training images); lower uda.clusters")
   if method not in METHODS:
     raise ValueError(f"unknown clustering method {method!r}; known: {', '.join(METHODS)}")
+  if not 0.0 <= trim < 1.0:
+    raise ValueError(f"trim share {trim} must be in [0, 1); it is the share of the target "
+                     "set left out of D (uda.trim_share)")
   if normalise:
     x = l2_normalise(x)
+  if method == "trimmed":
+    keep = max(1, int(round((1.0 - trim) * x.shape[0])))
+    return np.asarray(trimmed_mean_mask(x, keep))
   if method == "kmeans":
     return np.asarray(largest(kmeans_labels(x, k, key), k))
   seed = int(jax.random.randint(key, (), 0, 2 ** 31 - 1))

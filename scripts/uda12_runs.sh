@@ -2,14 +2,14 @@
 # Every workdir behind docs/uda.md (issue 12), then its tables and figures. Each line is one
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
-# an interrupted script can simply be started again. About 3.5 h on 2 CPU cores.
+# an interrupted script can simply be started again. About 4 h on 2 CPU cores.
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
 go() { name=$1; cfg=$2; shift 2; echo "== $name"; python -m experiments.uda --config configs/uda.py:$cfg --workdir=$R/$name "$@"; }
 
 go t_main pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans
-go a_gmm pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.methods=cluster_psi
+go a_gmm pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go t_mmd pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 go t_refs_mmd pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=all_target,oracle
 go a_cluster_f pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=cluster_f
@@ -20,25 +20,25 @@ go a_meanshift pacs --config.cache_dir=$R/cache --config.uda.cluster=meanshift -
 go t_elpv elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
 go t_elpv_mmd elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle,all_target
 go e_k2 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
-go e_gmm elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.methods=cluster_psi
+go e_gmm elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go e_meanshift elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_elpv_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
 go t_elpv_rev_mmd elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle,all_target
 go e_k2_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
-go e_gmm_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.methods=cluster_psi
+go e_gmm_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go e_meanshift_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go a_k2 pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go a_k4 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
 go a_k5 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
 go a_k8 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
 go t_cont0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_gmm0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go c_meanshift0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_cont0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_gmm0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go c_meanshift0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_cont0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
-go c_gmm0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.methods=cluster_psi
+go c_gmm0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go c_meanshift0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go c_k20.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go c_k20.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
@@ -67,6 +67,16 @@ go e_k4_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --co
 go e_k5_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
 go e_k8_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
 go e_grl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+# the trimmed dominant set (the default since 2026-11-24; docs/uda.md, "Trimmed D")
+go a_trim pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go e_trim elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go e_trim_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go c_trim0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go c_trim0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go c_trim0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
+go t_trim_cont pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
+go e_trim_cont elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
+go e_trim_cont_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
 
 # the tables (docs/uda.md) and the two figures
 bash scripts/uda12_tables.sh "$R"

@@ -101,11 +101,45 @@ def test_kmeans_finds_planted_clusters_and_the_dominant_one():
   for s in range(3):
     blob = np.r_[np.zeros(sum(sizes[:s])), np.ones(sizes[s]), np.zeros(80 - sum(sizes[:s + 1]))]
     assert len(set(lab[blob[perm] == 1])) == 1
-  for method in cluster.METHODS:
+  for method in ("kmeans", "gmm", "meanshift"):
     d = cluster.dominant_cluster(x[perm], 3, jax.random.key(0), method)
     np.testing.assert_array_equal(d, truth[perm])
+  # trimmed keeps 1 - 0.2 of the set: the whole largest blob plus the 14 nearest others.
+  d = cluster.dominant_cluster(x[perm], 3, jax.random.key(0), "trimmed", trim=0.2)
+  assert d.sum() == 64 and d[truth[perm]].all()
   with pytest.raises(ValueError, match="K=81 must be in 1..80"):
     cluster.dominant_cluster(x, 81, jax.random.key(0))
+
+
+def test_trimmed_mean_mask_is_a_concentration_fixed_point():
+  rng = np.random.default_rng(1)
+  # 80 normal points in a unit blob and 20 far ones: trimming 20% leaves exactly the blob.
+  x = np.concatenate([rng.normal(size=(80, 4)), 10.0 + rng.normal(size=(20, 4))])
+  np.testing.assert_array_equal(np.asarray(cluster.trimmed_mean_mask(x, 80)),
+                                np.r_[np.ones(80, bool), np.zeros(20, bool)])
+  # On structureless data: the mask is the `keep` points nearest to its own mean (a fixed
+  # point of the concentration step), and its trimmed sum of squares is no larger than that
+  # of one step from the mean of all points (computed here with numpy).
+  y = rng.normal(size=(60, 3)) * np.array([3.0, 1.0, 0.5])
+  y[:10] += 4.0
+  keep = 42
+
+  def nearest(centre):
+    m = np.zeros(len(y), bool)
+    m[np.argsort(((y - centre) ** 2).sum(1), kind="stable")[:keep]] = True
+    return m
+
+  def ss(m):
+    return ((y[m] - y[m].mean(0)) ** 2).sum()
+
+  got = np.asarray(cluster.trimmed_mean_mask(y, keep))
+  assert got.sum() == keep
+  np.testing.assert_array_equal(got, nearest(y[got].mean(0)))
+  assert ss(got) <= ss(nearest(y.mean(0))) + 1e-9
+  with pytest.raises(ValueError, match="keep=0"):
+    cluster.trimmed_mean_mask(y, 0)
+  with pytest.raises(ValueError, match="trim share 1.0"):
+    cluster.dominant_cluster(y, 3, jax.random.key(0), "trimmed", trim=1.0)
 
 
 def test_far_negatives_are_the_samples_outside_d_farthest_from_its_mean():
@@ -306,7 +340,7 @@ def test_uda_command_writes_records_and_resumes(tmp_path):
   out = subprocess.run(cmd + ["--config.uda.cluster=kmeans"], cwd=ROOT, capture_output=True,
                        text=True, timeout=900)
   assert out.returncode == 0 and "nothing recomputed" in out.stdout
-  assert "uda.cluster: 'gmm' -> 'kmeans'" in out.stderr and "fresh --workdir" in out.stderr
+  assert "uda.cluster: 'trimmed' -> 'kmeans'" in out.stderr and "fresh --workdir" in out.stderr
   bad = subprocess.run(cmd[:5] + [f"--config.data.root={tmp_path / 'data'}", "--config.data.source=src",
                                   "--config.data.targets=nope", f"--workdir={work}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
