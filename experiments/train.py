@@ -108,16 +108,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config.adapt.holdout_fraction={config.adapt.holdout_fraction} must be "
                       "in (0, 1)")
   crit = config.adapt.safeguard_criterion
-  if crit not in ("transport", "nn", "synthetic", "synthetic_gain"):
-    raise ConfigError(f"config.adapt.safeguard_criterion={crit!r}; use transport, nn, synthetic "
-                      "or synthetic_gain")
-  if config.adapt.get("safeguard_candidates", "last") not in ("last", "steps"):
+  known = ", ".join(adapt.HOLDOUT_CRITERIA)
+  if crit not in adapt.HOLDOUT_CRITERIA:
+    raise ConfigError(f"config.adapt.safeguard_criterion={crit!r}; use {known}")
+  if config.adapt.get("safeguard_candidates", "last") not in tta.SAFEGUARD_CANDIDATES:
     raise ConfigError(f"config.adapt.safeguard_candidates={config.adapt.safeguard_candidates!r}; "
-                      "use last or steps")
+                      f"use {' or '.join(tta.SAFEGUARD_CANDIDATES)}")
   veto = config.adapt.get("safeguard_veto", "")
-  if veto not in ("", "transport", "nn", "synthetic", "synthetic_gain"):
-    raise ConfigError(f"config.adapt.safeguard_veto={veto!r}; use synthetic, synthetic_gain, "
-                      "transport, nn or '' (none)")
+  if veto and veto not in adapt.HOLDOUT_CRITERIA:
+    raise ConfigError(f"config.adapt.safeguard_veto={veto!r}; use {known} or '' (none)")
   for what, name in (("criterion", crit), ("veto", veto)):
     if name.startswith("synthetic") and config.adapt.get("synthetic_copies", 0) < 1:
       raise ConfigError(f"config.adapt.safeguard_{what}={name} needs synthetic defects; set "

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from rodajax import adapt, augment, features, scoring
 
+SAFEGUARD_CANDIDATES = ("last", "steps")   # adapt.safeguard_candidates, see `guarded`
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
                 "sinkhorn_max_iterations", "online_above", "chunk", "kl_reg",
                 "hungarian_patches")
@@ -263,11 +264,10 @@ def guarded(cfg_adapt, n_candidates: int) -> list[int]:
   compares every candidate and keeps the lowest.
   """
   how = cfg_adapt.get("safeguard_candidates", "last")
-  if how == "last":
-    return [n_candidates - 1]
-  if how == "steps":
-    return list(range(n_candidates))
-  raise cli.UserError(f"config.adapt.safeguard_candidates={how!r}; use last or steps")
+  if how not in SAFEGUARD_CANDIDATES:
+    raise cli.UserError(f"config.adapt.safeguard_candidates={how!r}; use "
+                        f"{' or '.join(SAFEGUARD_CANDIDATES)}")
+  return [n_candidates - 1] if how == "last" else list(range(n_candidates))
 
 
 def candidate_label(index: int) -> str:

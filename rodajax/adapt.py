@@ -54,6 +54,8 @@ METHODS = {
 }
 
 BN_MODES = ("source", "target_stats", "prior")
+# The keys of `holdout_criterion`: the last two only with synthetic defects (z_pseudo).
+HOLDOUT_CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
 
 
 def check_method(name: str) -> None:

@@ -321,6 +321,7 @@ def test_synthetic_criterion_is_one_minus_the_auroc_of_defective_copies():
   np.testing.assert_allclose(float(out["synthetic"]), want, atol=1e-6)
   rise = np.mean(copy_max.reshape(2, 3) - clean_max[None]) / np.std(clean_max)
   np.testing.assert_allclose(float(out["synthetic_gain"]), -rise, rtol=1e-5)
+  assert tuple(out) == adapt.HOLDOUT_CRITERIA   # the names the config validates against
   assert "synthetic" not in adapt.holdout_criterion(feats(clean_max), source, jax.random.key(0), s)
 
 
