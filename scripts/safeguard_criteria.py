@@ -14,6 +14,17 @@ split for the source, `unguarded` for the last step). Printed per criterion
 (markdown): the mean chosen AUROC on clean and shifted records, how often
 the choice is more than 1 point below none, how often its direction agrees
 with the AUROC change, and the oracle (the better of the two, per record).
+
+  python scripts/safeguard_criteria.py --select runs/a/results.json ...
+
+asks the wider question: with several adapted candidates per split (the end of
+each method's pass, e.g. bn_stats and roda, plus the source model), which rule
+would pick well? Printed: the mean over shifts per dataset of the chosen AUROC
+under each rule, the oracle (the best candidate per split), and a shift gate that
+adapts only when the source model's held-out transport cost is at least
+`--gate` times its value on the same seed's unshifted images (in this replay
+the clean record of the same split; a deployment would need clean held-out
+normals, as the tool's calibration split has).
 """
 import argparse
 import collections
@@ -111,13 +122,107 @@ def table(rs, margin):
   return "\n".join(lines)
 
 
+def candidates(recs, metric):
+  """{split: {"none": auroc, method: (unguarded auroc, {criterion: (source, last)})}}."""
+  out = collections.defaultdict(dict)
+  for r in recs:
+    k = (r["dataset"], r["category"], r["shift"], r["seed"])
+    if r["method"] == "none":
+      out[k]["none"] = r[metric]
+      continue
+    g, last = r.get("safeguard"), (r.get("unguarded") or {}).get(metric)
+    if not g or last is None:
+      continue
+    crit = {g["criterion"]: (g["source"], g["candidates"][-1])}
+    crit.update({n: (v[0], v[-1]) for n, v in g.get("other_criterion", {}).items()})
+    out[k][r["method"]] = (last, crit)
+  return {k: v for k, v in out.items() if "none" in v and v["none"] is not None}
+
+
+def pick(split, rule, margin):
+  """(method, auroc) that `rule` keeps for one split; "none" is the source model."""
+  methods = [m for m in split if m != "none"]
+  if rule == "never adapt" or not methods:
+    return "none", split["none"]
+  if rule == "oracle":
+    return max([("none", split["none"])] + [(m, split[m][0]) for m in methods],
+               key=lambda c: c[1])
+  if rule.startswith("only "):
+    m = rule[5:]
+    return (m, split[m][0]) if m in split else ("none", split["none"])
+  source = {n: v[0] for n, v in split[methods[0]][1].items()}
+  value = lambda m, n: source[n] if m == "none" else split[m][1][n][1]
+  kind, *names = rule.split(" ")
+  if kind == "min":      # min <criterion>: the candidate with the lowest value
+    eligible = ["none"] + methods
+  elif kind == "guard":  # guard <criterion>: eligible by the default guard, then the lowest value
+    eligible = ["none"] + [m for m in methods
+                           if adapts(source["transport"], value(m, "transport"), margin)
+                           and value(m, "synthetic_gain") <= source["synthetic_gain"]]
+  else:
+    raise ValueError(rule)
+  best = min(eligible, key=lambda m: value(m, names[0]))
+  return best, (split["none"] if best == "none" else split[best][0])
+
+
+def select_table(recs, metric, margin, gate):
+  splits = candidates(recs, metric)
+  ref = {}
+  for k, s in splits.items():
+    for m in s:
+      if m != "none" and k[2] == "clean":
+        ref[(k[0], k[1], k[3])] = s[m][1]["transport"][0]
+  group = lambda k: k[0] if k[0] == "real3d" else f"{k[0]}/{k[1]}"
+  groups = list(dict.fromkeys(group(k) for k in splits))
+  methods = sorted({m for s in splits.values() for m in s if m != "none"})
+  rules = (["never adapt", "oracle"] + [f"only {m}" for m in methods]
+           + ["min transport", "min synthetic_gain", "guard transport", "guard synthetic_gain"]
+           + [f"gate {r}" for r in [f"only {m}" for m in methods]
+              + ["min synthetic_gain", "guard synthetic_gain"]])
+  lines = [f"| rule | {' | '.join(groups)} | mean | shifted > 1 below none | clean > 0.5 "
+           "below none | kept (source / " + " / ".join(methods) + ") |",
+           "|---|" + "---|" * (len(groups) + 4)]
+  for rule in rules:
+    per, harm, clean_harm, kept = collections.defaultdict(list), [0, 0], [0, 0], collections.Counter()
+    for k, s in splits.items():
+      inner = rule.removeprefix("gate ")
+      shifted = (ref.get((k[0], k[1], k[3])) is not None and
+                 [v for m, v in s.items() if m != "none"][0][1]["transport"][0]
+                 >= gate * ref[(k[0], k[1], k[3])])
+      m, a = (pick(s, inner, margin) if not rule.startswith("gate ") or shifted
+              else ("none", s["none"]))
+      kept[m] += 1
+      if k[2] == "clean":
+        clean_harm[0] += a < s["none"] - 0.5
+        clean_harm[1] += 1
+      else:
+        per[group(k)].append(a)
+        harm[0] += a < s["none"] - 1.0
+        harm[1] += 1
+    means = [statistics.mean(per[g]) for g in groups if per[g]]
+    lines.append(f"| {rule} | " + " | ".join(f"{statistics.mean(per[g]):.2f}" if per[g] else "-"
+                                             for g in groups)
+                 + f" | {statistics.mean(means):.2f} | {harm[0]} of {harm[1]} | "
+                 f"{clean_harm[0]} of {clean_harm[1]} | "
+                 + " / ".join(str(kept[m]) for m in ["none"] + methods) + " |")
+  return "\n".join(lines)
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("files", nargs="+")
   ap.add_argument("--metric", default="image_auroc")
   ap.add_argument("--margin", type=float, default=0.01)
+  ap.add_argument("--select", action="store_true",
+                  help="choose among all adapted methods of a split (see the docstring)")
+  ap.add_argument("--gate", type=float, default=1.15)
   ap.add_argument("--by", choices=("all", "dataset", "method", "dataset+method"), default="all")
   args = ap.parse_args()
+  if args.select:
+    print(f"\n#### {args.metric}: choosing among the source and every adapted method "
+          f"(margin {args.margin}, gate {args.gate})\n")
+    print(select_table(load(args.files), args.metric, args.margin, args.gate))
+    return
   rs = rows(load(args.files), args.metric)
   groups = {"all": rs} if args.by == "all" else collections.defaultdict(list)
   if args.by != "all":
