@@ -74,9 +74,9 @@ go e_trim_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --
 go c_trim0.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
 go c_trim0.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
 go c_trim0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
-go t_trim_cont pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
-go e_trim_cont elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
-go e_trim_cont_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
+go t_trim_cont pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
+go e_trim_cont elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
+go e_trim_cont_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
 
 # the tables (docs/uda.md) and the two figures
 bash scripts/uda12_tables.sh "$R"

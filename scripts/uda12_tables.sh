@@ -25,3 +25,5 @@ T "TRIMMED_ELPV_REV" "trimmed, MMD=$R/e_trim_rev" --seeds 0,1,2
 T "TRIMMED_CONT" "5%|trimmed=$R/c_trim0.05" "10%|trimmed=$R/a_trim" "20%|trimmed=$R/c_trim0.2" "30%|trimmed=$R/c_trim0.3" --targets cartoon --seeds 0,1,2
 T "TABLE5_TRIMMED" "trimmed (default), MMD=$R/a_trim" --methods cluster_psi
 T "ELPV_TRIMMED" "MMD, trimmed (default)=$R/e_trim" "MMD, trimmed (default), reverse=$R/e_trim_rev"
+T "TABLE5_TRIMMED_CONTRASTIVE" "trimmed, contrastive=$R/t_trim_cont" "trimmed (default), MMD=$R/a_trim"
+T "ELPV_TRIMMED_CONTRASTIVE" "contrastive, trimmed=$R/e_trim_cont" "contrastive, trimmed, reverse=$R/e_trim_cont_rev"
