@@ -123,7 +123,7 @@ def table(rs, margin):
 
 
 def candidates(recs, metric):
-  """{split: {"none": auroc, method: (unguarded auroc, {criterion: (source, last)})}}."""
+  """{split: {"none": auroc, method: (unguarded auroc, {criterion: (source, last)}, as run)}}."""
   out = collections.defaultdict(dict)
   for r in recs:
     k = (r["dataset"], r["category"], r["shift"], r["seed"])
@@ -135,7 +135,7 @@ def candidates(recs, metric):
       continue
     crit = {g["criterion"]: (g["source"], g["candidates"][-1])}
     crit.update({n: (v[0], v[-1]) for n, v in g.get("other_criterion", {}).items()})
-    out[k][r["method"]] = (last, crit)
+    out[k][r["method"]] = (last, crit, r[metric])
   return {k: v for k, v in out.items() if "none" in v and v["none"] is not None}
 
 
@@ -147,12 +147,22 @@ def pick(split, rule, margin):
   if rule == "oracle":
     return max([("none", split["none"])] + [(m, split[m][0]) for m in methods],
                key=lambda c: c[1])
-  if rule.startswith("only "):
-    m = rule[5:]
-    return (m, split[m][0]) if m in split else ("none", split["none"])
+  if rule.startswith("only ") or rule.startswith("as run "):   # unguarded / the record's own guard
+    m = rule.split(" ")[-1]
+    if m not in split:
+      return "none", split["none"]
+    guarded = split[m][2]
+    return ((m, split[m][0]) if rule.startswith("only ") else
+            ("none" if guarded == split["none"] else m, guarded))
   source = {n: v[0] for n, v in split[methods[0]][1].items()}
   value = lambda m, n: source[n] if m == "none" else split[m][1][n][1]
   kind, *names = rule.split(" ")
+  if kind == "default":  # default <method>: the shipped guard (transport, synthetic_gain veto) on one method
+    m = names[0]
+    if m in split and (adapts(split[m][1]["transport"][0], split[m][1]["transport"][1], margin)
+                       and split[m][1]["synthetic_gain"][1] <= split[m][1]["synthetic_gain"][0]):
+      return m, split[m][0]
+    return "none", split["none"]
   if kind == "min":      # min <criterion>: the candidate with the lowest value
     eligible = ["none"] + methods
   elif kind == "guard":  # guard <criterion>: eligible by the default guard, then the lowest value
@@ -175,7 +185,9 @@ def select_table(recs, metric, margin, gate):
   group = lambda k: k[0] if k[0] == "real3d" else f"{k[0]}/{k[1]}"
   groups = list(dict.fromkeys(group(k) for k in splits))
   methods = sorted({m for s in splits.values() for m in s if m != "none"})
-  rules = (["never adapt", "oracle"] + [f"only {m}" for m in methods]
+  rules = (["never adapt", "oracle"] + [f"as run {m}" for m in methods]
+           + [f"default {m}" for m in methods]
+           + [f"only {m}" for m in methods]
            + ["min transport", "min synthetic_gain", "guard transport", "guard synthetic_gain"]
            + [f"gate {r}" for r in [f"only {m}" for m in methods]
               + ["min synthetic_gain", "guard synthetic_gain"]])
