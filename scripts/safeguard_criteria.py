@@ -38,10 +38,14 @@ VETOES = (("transport", "synthetic"), ("transport", "synthetic_gain"))
 
 
 def load(files):
+  """Records of every file; `PATH@SUFFIX` appends SUFFIX to the adapted methods' names of
+  that file (e.g. a roda run with other settings next to the default's: `...@_target_stats`)."""
   recs = []
   for f in files:
-    data = json.load(open(f))
-    recs += data["records"] if isinstance(data, dict) else data
+    path, _, suffix = f.partition("@")
+    data = json.load(open(path))
+    for r in data["records"] if isinstance(data, dict) else data:
+      recs.append({**r, "method": r["method"] + suffix} if suffix and r["method"] != "none" else r)
   return recs
 
 
