@@ -77,6 +77,12 @@ def adapts(source, last, margin):
   return last < source - margin * abs(source)
 
 
+def vetoed(crit, first, second, margin):
+  """Adapt when `first` improves by the margin and `second` does not get worse (the shipped
+  guard is ("transport", "synthetic_gain"))."""
+  return adapts(*crit[first], margin) and crit[second][1] <= crit[second][0]
+
+
 def table(rs, margin):
   lines = ["| criterion | records | clean: mean chosen (none) | shifted: mean chosen (none / "
            "unguarded / oracle) | chosen > 1 below none (clean, shifted) | direction agrees |",
@@ -96,7 +102,7 @@ def table(rs, margin):
         a = adapts(*crit[name], margin)
       elif name.endswith(" veto") and all(c in crit for c in name[:-5].split(" + ")):
         first, second = name[:-5].split(" + ")
-        a = adapts(*crit[first], margin) and crit[second][1] <= crit[second][0]
+        a = vetoed(crit, first, second, margin)
       else:
         continue
       chosen = crit["as run"] if a is None else (last if a else none)
@@ -163,16 +169,14 @@ def pick(split, rule, margin):
   kind, *names = rule.split(" ")
   if kind == "default":  # default <method>: the shipped guard (transport, synthetic_gain veto) on one method
     m = names[0]
-    if m in split and (adapts(split[m][1]["transport"][0], split[m][1]["transport"][1], margin)
-                       and split[m][1]["synthetic_gain"][1] <= split[m][1]["synthetic_gain"][0]):
+    if m in split and vetoed(split[m][1], "transport", "synthetic_gain", margin):
       return m, split[m][0]
     return "none", split["none"]
   if kind == "min":      # min <criterion>: the candidate with the lowest value
     eligible = ["none"] + methods
   elif kind == "guard":  # guard <criterion>: eligible by the default guard, then the lowest value
     eligible = ["none"] + [m for m in methods
-                           if adapts(source["transport"], value(m, "transport"), margin)
-                           and value(m, "synthetic_gain") <= source["synthetic_gain"]]
+                           if vetoed(split[m][1], "transport", "synthetic_gain", margin)]
   else:
     raise ValueError(rule)
   best = min(eligible, key=lambda m: value(m, names[0]))
