@@ -68,9 +68,10 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # loop to float rounding, one compilation for all categories
   c.adapt.class_batch = "auto"     # classes per vmapped group: 0 = all at once (accelerators),
                                    # k = groups of k in sequence (lax.map); auto: 1 on CPU
-  c.adapt.bn_mode = "prior"        # BN statistics while adapting and testing: source |
+  c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
-                                   # prior (mixed with an N-sample source prior, N = bn_prior)
+                                   # prior (mixed with an N-sample source prior, N = bn_prior);
+                                   # docs/results.md "The shift gate" for the choice
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images
   c.adapt.stats_batch = 64         # images per forward when estimating target BN statistics
                                    # (exact when all adaptation images fit in one)
@@ -90,8 +91,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.adapt.chunk = 2048             # rows per chunk (online costs, argmaxes)
   c.adapt.kl_reg = 1e-3
   c.adapt.hungarian_patches = 512
-  c.adapt.safeguard = True         # hold out adaptation images, keep the adapted model only
-                                   # if a label-free criterion improves on them
+  c.adapt.gate = 1.25              # shift gate: adapt only when the source model's gate
+                                   # statistic on the adaptation images is >= gate x that of
+                                   # held-out training normals (fit.calibration_fraction);
+                                   # 0 = always adapt; docs/results.md "The shift gate"
+  c.adapt.gate_statistic = "nn_median"  # nn_median (median patch NN distance) | transport
+  c.adapt.safeguard = False        # hold out adaptation images, keep the adapted model only
+                                   # if a label-free criterion improves on them (off: the
+                                   # transport cost rises after target statistics whatever the
+                                   # AUROC does; docs/results.md)
   c.adapt.holdout_fraction = 0.25  # share of the adaptation images held out for it
   c.adapt.safeguard_criterion = "transport"  # transport (Eq. 6 cost) | nn (mean NN distance)
                                    # | synthetic (1 - AUROC of synthetic defects) | synthetic_gain

@@ -14,9 +14,9 @@ and after RoDA are evaluated on the same 80%.
 
 Expect (EfficientNet-Lite0, 256 -> 224, 10% coreset, 2 CPU cores): bottle ~100 clean
 image AUROC; the shifts cost up to ~35 points without adaptation (gaussian noise,
-contrast). RoDA (one pass, prior-mixed BN statistics, safeguard) leaves clean images at
-~100 and recovers part of the gaussian-noise loss; docs/results.md has the tables over
-three seeds (--config.shift.seeds=0,1,2). A category takes about 3 minutes per seed.
+contrast). RoDA (shift gate, then one pass on target BN statistics) leaves clean images
+at ~100 (the gate keeps the source model) and recovers contrast and brightness, not
+gaussian noise; docs/results.md has the tables over three seeds (--config.shift.seeds=0,1,2). A category takes about 3 minutes per seed.
 Results in <workdir>/results.{json,md}.
 """
 from configs.base import get_base_config

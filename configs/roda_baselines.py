@@ -10,7 +10,8 @@ Methods: none (PatchCore), bn_stats (BN statistics re-estimated on the target pa
 gradient), moment (TTT++), kl (TTAC), hungarian, sinkhorn (continuous OT), discrete (Eq. 6),
 discrete_copy, roda (discrete + augmentation); clean and severity 5, 20% adaptation / 80%
 evaluation, seeds 0, 1, 2 (each redraws the split and the noise). Every method goes through
-the same safeguard; each record also holds the unguarded result.
+the same shift gate (and, with adapt.safeguard=True, the same held-out safeguard; each record
+then also holds the unguarded result).
 Expect: ~35 min per category on 2 CPU cores. docs/results.md holds the measured tables
 (`python scripts/roda_tables.py <workdir>/results.json`).
 """

@@ -5,12 +5,14 @@
 
 Reads every image of FOLDER (subfolders included; no labels needed: mostly
 normal images from the new conditions), runs the adaptation of `config.adapt`
-saved in DIR (one pass of minibatches, BatchNorm statistics mixed with a source
-prior, the label-free safeguard; see experiments/tta.py) and writes DIR2 with
+saved in DIR (the shift gate: the images are adapted to only if their median
+patch distance to the bank is >= adapt.gate x that of the training normals held
+out at fit time; then one pass of minibatches on BatchNorm statistics of the
+images; see experiments/tta.py) and writes DIR2 with
 the adapted BatchNorm parameters and statistics only: the memory bank, the
 threshold and everything else stay those of DIR, which DIR2 names and must
-keep next to it. DIR2/model.json records what was adapted, the safeguard's
-decision and the scores of the adaptation images before and after.
+keep next to it. DIR2/model.json records what was adapted, the gate's (and, if
+on, the safeguard's) decision and the scores of the adaptation images before and after.
 With --normals FOLDER (known-normal images of the new conditions) the
 threshold and the normalisation are recalibrated on them after adaptation.
 A rerun with the same model, images and settings reuses DIR2.
@@ -100,8 +102,14 @@ def main(argv):
   source = train.source_of(model.bank)
   fns = tta.build(method, config.adapt, module, extract, model.variables["params"],
                   config.data.crop)
+  gate = model.manifest.get("gate") or {}
+  if gate and gate.get("settings") != {k: config.adapt[k] for k in train.GATE_SETTING_KEYS}:
+    cli.warn(f"the shift gate's reference was computed with other transport settings "
+             f"({gate.get('settings')}); the gate compares unlike costs: refit the model with "
+             "these --config.adapt settings, or set --config.adapt.gate=0")
   kept, last, info = tta.run(method, fns, config.adapt, model.variables, source, images,
-                             jax.random.key(seed), progress=tqdm)
+                             jax.random.key(seed), progress=tqdm,
+                             reference=gate.get("reference"))
   predict = patchcore.make_predict(extract, config.data.crop, config.scoring.sigma,
                                    config.scoring.chunk, config.scoring.reweight)
 
@@ -134,7 +142,7 @@ def main(argv):
       "bn_mode": info.get("bn_stats_used"), "steps": info.get("steps"),
       "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
       "safeguard": {k: guard.get(k) for k in ("criterion", "margin", "source", "kept", "adapted")}
-      if guard else None,
+      if guard else None, "gate": info.get("gate"),
       "warning": info.get("warning"), "error": info.get("error"), "scores": scores,
       "seconds": time.perf_counter() - t0}
   # The config as adapted (with the --config.adapt overrides).
@@ -146,7 +154,12 @@ def main(argv):
              f"({scores['share_above_threshold_after']:.0%}): the drift is larger than what "
              "adaptation compensated, or many of these images are anomalous; give normal "
              "images of the new conditions with --normals to recalibrate the threshold")
-  if guard:
+  g = info.get("gate")
+  if g and not g["shifted"]:
+    decision = (f"the shift gate found no shift (transport cost {g['cost']:.4g} = "
+                f"{g['ratio']:.2f} x the clean reference, below {g['threshold']}): the source "
+                "model is kept unchanged")
+  elif guard:
     decision = (f"the safeguard kept {guard['kept']} (held-out {guard['criterion']} "
                 f"{guard['source']:.4g} -> {min(guard['candidates']):.4g})" if guard["adapted"]
                 else f"the safeguard kept the source model (no candidate beat its held-out "

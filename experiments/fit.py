@@ -36,7 +36,8 @@ FLAGS = [cli.Flag("model", "the model directory to write", required=True),
 def fit_fingerprint(config, category) -> str:
   from experiments import train
   keys = {"bank": train.bank_fingerprint(config, category), "fit": config.fit.to_dict(),
-          "scoring": config.scoring.to_dict()}
+          "scoring": config.scoring.to_dict(),
+          "gate": {k: config.adapt[k] for k in train.GATE_SETTING_KEYS}}
   return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -68,16 +69,6 @@ def validate_fit(config) -> str:
     raise cli.UserError("config.fit.threshold=f1 needs labelled images: set config.fit.validation "
                         "to a folder with good/ and defect subfolders")
   return cats[0]
-
-
-def calibration_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Seeded (kept, held-out) indices of n training images; at least one of each."""
-  if n < 2:
-    raise cli.UserError(f"only {n} training image: the threshold needs at least 2 (one held out); "
-                        "add normal images or set config.fit.threshold=f1")
-  k = int(np.clip(round(fraction * n), 1, n - 1))
-  perm = np.random.default_rng(seed).permutation(n)
-  return np.sort(perm[k:]), np.sort(perm[:k])
 
 
 def labelled_folder(folder: str):
@@ -163,13 +154,17 @@ def main(argv):
               **weights_reference(c), "n_train": n, "fit_fingerprint": fp}
   median, cal = None, {}
   if c.fit.calibration_fraction > 0:
-    keep, held = calibration_split(n, c.fit.calibration_fraction, c.seed)
+    keep, held = train.calibration_split(n, c.fit.calibration_fraction, c.seed)
     cal_bank = train.fit_bank(c, feats[keep], "calibration ")
     held_scores = loops.batched(lambda _, x: scorer(x, cal_bank.bank)[0], None,
                                     feats[held], c.batch_size)
     median = float(np.median(held_scores))
     cal = {"n_calibration": len(held), "calibration_images": [ds.train.names[i] for i in held],
            "calibration_scores": [float(s) for s in held_scores]}
+    # The shift gate's clean reference (experiments.adapt): the same held-out normals.
+    manifest["gate"] = {"reference": train.reference_cost(c, feats[held], cal_bank),
+                        "n_held": len(held),
+                        "settings": {k: c.adapt[k] for k in train.GATE_SETTING_KEYS}}
   if c.fit.threshold == "quantile":
     thr = calibration.conformal_threshold(np.asarray(cal["calibration_scores"]), c.fit.quantile)
     thr["rule"] = (f"split-conformal quantile {c.fit.quantile} of {thr['n']} held-out normal "

@@ -102,6 +102,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
+  if config.adapt.get("gate_statistic", "nn_median") not in adapt.GATE_STATISTICS:
+    raise ConfigError(f"config.adapt.gate_statistic={config.adapt.gate_statistic!r}; use "
+                      f"{' or '.join(adapt.GATE_STATISTICS)}")
+  if float(config.adapt.get("gate", 0.0)) < 0.0:
+    raise ConfigError(f"config.adapt.gate={config.adapt.gate} must be >= 0 (0 = no shift gate, "
+                      "e.g. 1.25)")
   if config.adapt.epochs < 1:
     raise ConfigError(f"config.adapt.epochs={config.adapt.epochs} must be >= 1")
   if not 0.0 < config.adapt.holdout_fraction < 1.0:
@@ -239,6 +245,75 @@ def fit_or_restore(config, workdir, ds, module, variables, extract, timing, feat
   return bank, variables
 
 
+GATE_SETTING_KEYS = ("gate_statistic", "target_patches", "bank_patches", "epsilon",
+                     "sinkhorn_threshold", "sinkhorn_max_iterations", "online_above", "chunk")
+
+
+def calibration_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """Seeded (kept, held-out) indices of n training images; at least one of each."""
+  if n < 2:
+    raise cli.UserError(f"only {n} training image: the threshold and the shift gate need at "
+                        "least 2 (one held out); add normal images, or set "
+                        "config.fit.threshold=f1 and config.adapt.gate=0")
+  k = int(np.clip(round(fraction * n), 1, n - 1))
+  perm = np.random.default_rng(seed).permutation(n)
+  return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def gate_needed(config) -> bool:
+  """Whether the runs of `config` use the shift gate (`adapt.gate > 0` and a method adapts)."""
+  return (float(config.adapt.get("gate", 0.0)) > 0.0 and
+          any(m != "none" for m in parse_list(config.adapt.methods)))
+
+
+def reference_cost(config, feats_held: np.ndarray, cal_bank: patchcore.MemoryBank) -> float:
+  """The shift gate's clean reference: the statistic (`tta.gate_statistic_fn`) of held-out
+  training normals' patch features `[n, h, w, D]` (or `[n, G, D]`) against `cal_bank`, a bank
+  fitted without them, with the key of `config.seed`."""
+  z = jax.numpy.asarray(feats_held.reshape(len(feats_held), -1, feats_held.shape[-1]))
+  cost = tta.gate_statistic_fn(config.adapt)(z, source_of(cal_bank),
+                                             tta.gate_key(jax.random.key(config.seed)))
+  return float(cost)
+
+
+def gate_reference(config, workdir, ds, variables, extract, timing) -> float | None:
+  """`reference_cost` of `ds` (None when the gate is off), cached next to its memory bank.
+
+  The training images are split as `experiments.fit` splits them for the
+  threshold (`fit.calibration_fraction`, seeded); a calibration bank is fitted
+  on the kept part with the same coreset settings. The cache file names what
+  the value depends on (the bank's fingerprint, the split and the transport
+  settings) and is recomputed when any of it changes.
+  """
+  if not gate_needed(config):
+    return None
+  f = float(config.fit.calibration_fraction)
+  if f <= 0.0:
+    raise ConfigError(f"config.adapt.gate={config.adapt.gate} needs held-out training normals: "
+                      "set config.fit.calibration_fraction > 0 (e.g. 0.2), or "
+                      "config.adapt.gate=0 to adapt without the gate")
+  path = bank_path(config, workdir, ds) + ".gate.json"
+  key = {"bank": bank_fingerprint(config, ds.category), "calibration_fraction": f,
+         **{k: config.adapt[k] for k in GATE_SETTING_KEYS}}
+  if os.path.exists(path):
+    try:
+      with open(path) as fh:
+        rec = json.load(fh)
+      if rec.get("key") == key:
+        return float(rec["reference"])
+    except (OSError, ValueError, KeyError, TypeError):
+      cli.warn(f"shift-gate reference {path} is unreadable; computing it again")
+  t = time.perf_counter()
+  feats = train_features(config, ds, variables, extract, {})
+  keep, held = calibration_split(len(ds.train), f, config.seed)
+  cal_bank = fit_bank(config, feats[keep], f"{ds.category}: gate reference ")
+  ref = reference_cost(config, feats[held], cal_bank)
+  report.atomic_write(path, json.dumps({"key": key, "reference": ref, "n_held": len(held),
+                                        "n_kept": len(keep)}, indent=1))
+  timing["gate_reference_s"] = time.perf_counter() - t
+  return ref
+
+
 def target_split(n: int, fraction: float, seed: int):
   """Seeded (adapt, eval) index split of a test set of size n; fraction 1.0 -> both all."""
   if fraction <= 0.0:
@@ -368,6 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
     bank, v_source = fit_or_restore(config, workdir, ds, module, variables, extract, timing)
     banks["reused" if timing.get("restored_bank") else "fitted"] += 1
     timing["fit_s"] = time.perf_counter() - t_fit
+    ctx.references[ds.name, category] = gate_reference(config, workdir, ds, v_source, extract,
+                                                       timing)
     return ds, v_source, source_of(bank), timing   # the bank on the device once per category
 
   def shifted_of(ds, shift, severity, seed):
@@ -412,7 +489,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
                   method, fns, config.adapt,
                   [p[1] for p, _ in group], [p[2] for p, _ in group],
                   [sh[0][a] for (_, sh), (a, _) in zip(group, splits)],
-                  [jax.random.key(seed)] * len(group), progress=tqdm)
+                  [jax.random.key(seed)] * len(group), progress=tqdm,
+                  references=[ctx.references.get((p[0].name, p[0].category))
+                              for p, _ in group])
               share = (time.perf_counter() - t0) / len(group)
               adapted = [(k, l, {**i, "vmap_classes": len(group)}, share)
                          for k, l, i in zip(*out)]
@@ -454,6 +533,7 @@ class Context:
     self.mesh = None           # a device mesh, made when config.scoring.shard_bank asks for one
     self._source_eval = None   # (key, evaluation) of the source model on the last eval split
     self._criterion = (None, {})  # (key, tta.run cache) of the last adaptation split
+    self.references: dict = {}  # (dataset, category) -> the shift gate's clean reference
     c = config
     self.points = data.is_points(c.data)
     if self.points:
@@ -544,7 +624,8 @@ class Context:
         self._criterion = (ckey, {})
       kept, last, info = tta.run(method, fns, config.adapt, variables, source,
                                  shifted[adapt_idx], jax.random.key(seed), progress=tqdm,
-                                 cache=self._criterion[1])
+                                 cache=self._criterion[1],
+                                 reference=self.references.get((ds.name, category)))
     t1 = time.perf_counter()
     desc = f"{category}/{shift}{severity or ''}/s{seed}/{method}: score"
     ekey = (ds.name, category, shift, severity, seed, fraction)

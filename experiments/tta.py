@@ -1,8 +1,13 @@
-"""The adaptation loop around `rodajax.adapt`'s pure step: Algorithm 1 plus a safeguard.
+"""The adaptation loop around `rodajax.adapt`'s pure step: a shift gate, Algorithm 1, a safeguard.
 
 Shared by `experiments.train` (tables) and the `fit -> adapt -> predict` tool.
 
 Per call of `run` (one method, one target domain):
+0. Shift gate (label-free, beyond the paper; `adapt.gate`, default on): the
+   source model's `adapt.gate_statistic` on all adaptation images against the
+   same statistic of held-out training normals (`gate_info`); below
+   `adapt.gate` x that reference the target counts as unshifted and the source
+   model is returned unchanged. The decision is in `info["gate"]`.
 1. The adaptation images are split (seeded) into a training part and, with the
    safeguard on, a held-out part (`adapt.holdout_fraction`).
 2. BatchNorm statistics (`adapt.bn_mode`): kept (source), replaced by those of
@@ -13,7 +18,7 @@ Per call of `run` (one method, one target domain):
    is filled with images from the start of the order so one compilation serves
    all), one jitted step each: ceil(n_train / batch) x epochs steps.
    Metrics stay on the device and are fetched once, after the loop.
-4. Safeguard (label-free, beyond the paper): a criterion
+4. Safeguard (label-free, beyond the paper; `adapt.safeguard`, default off): a criterion
    (`rodajax.adapt.holdout_criterion`, `adapt.safeguard_criterion`) on the
    held-out images for the source model and for the end of the pass
    (`adapt.safeguard_candidates = last`; `steps`: after every step, the lowest
@@ -54,6 +59,8 @@ class Functions:
   step: Callable | None         # (state, source, images, key) -> (state, metrics)
   criterion: Callable           # (variables, source, images, key) -> {"transport", "nn"}
   moments: Callable             # (variables, images) -> per-layer {"mean", "var"}
+  features: Callable = None     # (variables, images) -> patch features, not class-mapped
+  cost: Callable = None         # (z [B, P, D], source, key) -> the gate's statistic
   stack: Callable = adapt.stack_classes        # classes=True: jitted (one dispatch, not
   unstack: Callable = adapt.unstack_class      # one per leaf)
 
@@ -130,10 +137,57 @@ def build(method: str, cfg_adapt, module, extract: Callable, params, crop: int,
 
   def moments(variables, images):
     return adapt.batch_moments(module, variables, prepare(images))
+  gate = (jax.jit(extract), gate_statistic_fn(cfg_adapt))   # per class, never class-mapped
   if classes:
-    return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2),
+    return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2), *gate,
                      jax.jit(adapt.stack_classes), jax.jit(adapt.unstack_class, static_argnums=1))
-  return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2))
+  return Functions(s, optimizer, step, jit(criterion, 4), jit(moments, 2), *gate)
+
+
+def gate_statistic_fn(cfg_adapt) -> Callable:
+  """Jitted `(z [B, P, D], source, key) -> scalar`: `adapt.gate_statistic` named by
+  `adapt.gate_statistic` with the settings of `config.adapt` (for targets and the reference)."""
+  s = settings(cfg_adapt, "roda")
+  name = cfg_adapt.get("gate_statistic", "nn_median")
+  return jax.jit(lambda z, source, key: adapt.gate_statistic(
+      z.reshape(-1, z.shape[-1]), source, key, s, name))
+
+
+def gate_key(key: jax.Array) -> jax.Array:
+  """The key of the gate's transport problem (subsets), derived from a run's or a fit's key."""
+  return jax.random.fold_in(key, 0x9a7e)
+
+
+def gate_info(fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
+              images: np.ndarray, key: jax.Array, reference: float | None) -> dict | None:
+  """The shift gate's decision on uint8 images `[n, R, R, 3]` (None: `adapt.gate` is 0).
+
+  Label-free, beyond the paper: the source model's statistic
+  (`adapt.gate_statistic`) on all the adaptation images against `reference`,
+  the same statistic of training normals held out of a bank fitted without
+  them (`experiments.train.gate_reference`);
+  `adapt.shift_gate` says "shifted" at `adapt.gate` x the reference. Only a
+  shifted target is adapted. Images go through the extractor in batches of
+  `adapt.stats_batch`.
+  """
+  threshold = float(cfg_adapt.get("gate", 0.0))
+  if threshold <= 0.0:
+    return None
+  if reference is None or not np.isfinite(reference) or reference <= 0:
+    raise cli.UserError(
+        f"config.adapt.gate={threshold} needs the clean reference statistic of held-out training "
+        f"normals (got {reference}); it is computed when the model is fitted with "
+        "config.fit.calibration_fraction > 0: refit the model, or set config.adapt.gate=0 to "
+        "adapt without the gate")
+  feats = []
+  for i in range(0, len(images), cfg_adapt.stats_batch):
+    feats.append(fns.features(variables, jnp.asarray(images[i:i + cfg_adapt.stats_batch])))
+  z = jnp.concatenate(feats)
+  cost = fns.cost(z.reshape(z.shape[0], -1, z.shape[-1]), source, gate_key(key))
+  g = jax.device_get(adapt.shift_gate(cost, jnp.float32(reference), threshold))
+  return {"statistic": cfg_adapt.get("gate_statistic", "nn_median"), "threshold": threshold,
+          "reference": float(reference), "cost": float(cost),
+          "ratio": float(g["ratio"]), "shifted": bool(g["shifted"]), "n_images": len(images)}
 
 
 def target_statistics(moments: Callable, variables, images: np.ndarray, batch: int,
@@ -304,8 +358,12 @@ def safeguard_info(crits: list[dict], cfg_adapt,
 
 def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
         images: np.ndarray, key: jax.Array, progress: Callable | None = None,
-        cache: dict | None = None) -> tuple[dict, dict, dict]:
+        cache: dict | None = None, reference: float | None = None) -> tuple[dict, dict, dict]:
   """Adapts `variables` with `method` on uint8 target images `[n, R, R, 3]`.
+
+  With `adapt.gate > 0`, first the shift gate (`gate_info`, `reference` from
+  `experiments.train.gate_reference`): an unshifted target keeps the source
+  model, nothing is adapted; the decision is in `info["gate"]`.
 
   `cache`: a dict the caller keeps for one target split (same `images`, `key`,
   `variables` and `source`) and passes to every method's run: the source
@@ -325,6 +383,12 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if len(images) < 1:
     raise cli.UserError("no adaptation images; give target images (config.shift.adapt_fraction "
                         "in experiments)")
+  gate = gate_info(fns, cfg_adapt, variables, source, images, key, reference)
+  if gate is not None:
+    info["gate"] = gate
+    if not gate["shifted"]:
+      info["steps"] = 0
+      return variables, variables, info
   k_split, k_loop, k_crit = jax.random.split(key, 3)
   guard = bool(cfg_adapt.safeguard)
   if guard:
@@ -388,6 +452,12 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   return kept, last, info
 
 
+def _without_gate(cfg_adapt):
+  c = cfg_adapt.copy_and_resolve_references()
+  c.gate = 0.0
+  return c
+
+
 def stack(trees: list) -> Any:
   """Pytrees of one structure -> one pytree with a leading class axis."""
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
@@ -412,8 +482,13 @@ def _per_class(fns: Functions, fn: Callable, v_stacked: dict, i: int, *args):
 
 def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
                 sources: list[adapt.Source], images: list[np.ndarray], keys: list[jax.Array],
-                progress: Callable | None = None) -> tuple[list, list, list]:
+                progress: Callable | None = None,
+                references: list[float | None] | None = None) -> tuple[list, list, list]:
   """`run` for C classes at once: every step, criterion and moment is one vmapped call.
+
+  The shift gate (`references`, one per class) is decided class by class
+  first; the classes it finds unshifted keep their source model (the vmapped
+  pass still runs for them when another class is shifted, and is discarded).
 
   `fns` comes from `build(..., classes=True)`. Class c gets what
   `run(method, ..., variables[c], sources[c], images[c], keys[c])` computes
@@ -441,6 +516,21 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
   if min(len(x) for x in images) < 1:
     raise cli.UserError("no adaptation images; give target images (config.shift.adapt_fraction "
                         "in experiments)")
+  references = references or [None] * c
+  gates = [gate_info(fns, cfg_adapt, v, s, x, k, r)
+           for v, s, x, k, r in zip(variables, sources, images, keys, references)]
+  if gates[0] is not None:
+    if not any(g["shifted"] for g in gates):
+      return list(variables), list(variables), [
+          {"bn_mode": cfg_adapt.bn_mode, "gate": g, "steps": 0} for g in gates]
+    kept, last, infos = run_classes(method, fns, _without_gate(cfg_adapt), variables, sources,
+                                    images, keys, progress)
+    for i, g in enumerate(gates):
+      if not g["shifted"]:
+        kept[i] = last[i] = variables[i]
+        infos[i] = {"bn_mode": cfg_adapt.bn_mode, "steps": 0}
+      infos[i]["gate"] = g
+    return kept, last, infos
   sizes = [len(s.bank) for s in sources]
   problem = stack_problem(fns.settings, cfg_adapt, sizes, [len(x) for x in images])
   if problem:

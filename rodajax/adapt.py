@@ -358,6 +358,20 @@ def mix_batch_stats(source_stats, target_stats, n_target: int, prior: float) -> 
   return jax.tree.map(lambda s, t: (1.0 - w) * s + w * t, source_stats, target_stats)
 
 
+def transport_criterion(z: jax.Array, source: Source, key: jax.Array,
+                        settings: Settings) -> jax.Array:
+  """The discretised transport cost (Eq. 6) of target patches `z [N, D]` against the bank.
+
+  The problem of one adaptation step (`transport_problem`: balanced subsets
+  drawn with `key`), not differentiated: a scalar, in squared feature-distance
+  units. The safeguard's `transport` criterion and the shift gate's statistic.
+  """
+  chex.assert_rank(z, 2)
+  zs, bs, _, pot = transport_problem(z, source.bank, key, settings, source.valid)
+  row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g, chunk=settings.chunk)
+  return transport.discrete_loss(zs, bs, row, col)
+
+
 def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Settings,
                       z_pseudo: jax.Array | None = None) -> dict:
   """Label-free criteria of how well target patches `z [B, P, D]` fit the source bank.
@@ -381,10 +395,8 @@ def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Se
   b, d = z.shape[0], z.shape[-1]
   z = z.reshape(b, -1, d)
   flat = z.reshape(-1, d)
-  zs, bs, _, pot = transport_problem(flat, source.bank, key, settings, source.valid)
-  row, col = transport.plan_argmaxes(zs, bs, pot.f, pot.g, chunk=settings.chunk)
   nn = scoring.nearest_distances(flat, source.bank, settings.chunk, source.valid)
-  out = {"transport": transport.discrete_loss(zs, bs, row, col), "nn": jnp.mean(nn)}
+  out = {"transport": transport_criterion(flat, source, key, settings), "nn": jnp.mean(nn)}
   if z_pseudo is None:
     return out
   chex.assert_equal(z_pseudo.shape[-1], d)
@@ -396,6 +408,43 @@ def holdout_criterion(z: jax.Array, source: Source, key: jax.Array, settings: Se
   rise = jnp.mean(sp.reshape(-1, b) - s[None, :]) / (jnp.std(s) + 1e-6 * jnp.mean(s) + 1e-12)
   out.update({"synthetic": 1.0 - wins, "synthetic_gain": -rise})
   return out
+
+
+GATE_STATISTICS = ("nn_median", "transport")
+
+
+def gate_statistic(z: jax.Array, source: Source, key: jax.Array, settings: Settings,
+                   name: str = "nn_median") -> jax.Array:
+  """The shift gate's statistic of the source model's target patches `z [N, D]` (a scalar).
+
+  nn_median: the median over patches of the nearest-neighbour distance to the
+    bank (PatchCore's patch score). A corruption moves every patch, a defect a
+    minority of them: the median follows the first and ignores the second.
+  transport: `transport_criterion` (the mean discretised Eq. 6 cost; anomalous
+    patches raise it, so clean test splits rich in defects read as shifted).
+  """
+  chex.assert_rank(z, 2)
+  if name == "nn_median":
+    return jnp.median(scoring.nearest_distances(z, source.bank, settings.chunk, source.valid))
+  if name == "transport":
+    return transport_criterion(z, source, key, settings)
+  raise ValueError(f"unknown gate statistic {name!r}; use one of {', '.join(GATE_STATISTICS)}")
+
+
+def shift_gate(cost: jax.Array, reference: jax.Array, threshold: float) -> dict:
+  """Is the target shifted? The source model's gate statistic against its clean reference.
+
+  `cost`: `gate_statistic` of the source model on the adaptation images;
+  `reference`: the same statistic, same settings, on training normals held out
+  of a bank fitted without them (what an unshifted target scores, including the
+  out-of-sample rise a new normal image has). Beyond the paper: RoDA adapts
+  only when `cost >= threshold * reference`.
+  Returns `{"ratio": cost / reference, "shifted": bool}` (scalars).
+  """
+  cost, reference = jnp.asarray(cost), jnp.asarray(reference)
+  chex.assert_rank([cost, reference], 0)
+  ratio = cost / reference
+  return {"ratio": ratio, "shifted": ratio >= threshold}
 
 
 def assignment_analysis(z: jax.Array, labels: jax.Array, source: Source, key: jax.Array,

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from configs import base
-from experiments import loops, train, tta
+from experiments import cli, loops, train, tta
 from helpers import plant_defect, texture
 from rodajax import adapt, backbones, features, metrics, patchcore, transport
 
@@ -36,7 +36,9 @@ def setup():
   cfg.data.crop, cfg.batch_size = S, 8
   cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
-  return dict(module=module, variables=variables, extract=extract, bank=bank,
+  # Algorithm 1 and the held-out safeguard, always adapting (the gate has its own tests below).
+  cfg.adapt.gate, cfg.adapt.safeguard, cfg.adapt.bn_mode = 0.0, True, "prior"
+  return dict(module=module, variables=variables, extract=extract, bank=bank, train_feats=f,
               source=train.source_of(bank), clean_test=clean_test, labels=labels,
               clean_target=clean_target, cfg=cfg,
               predict=patchcore.make_predict(extract, S, 4.0, 2048, 0))
@@ -82,6 +84,71 @@ def test_roda_on_unshifted_data_leaves_the_ranking_unchanged(setup):
   assert spearmanr(none, roda).statistic >= 0.99
   assert abs(metrics.auroc(s["labels"], roda) - metrics.auroc(s["labels"], none)) <= 0.5
   assert info["safeguard"]["kept"] in ("source", "statistics") or info["safeguard"]["adapted"]
+
+
+def test_shift_gate_is_the_cost_ratio_against_the_threshold():
+  g = adapt.shift_gate(2.3, 2.0, 1.15)             # hand-computed: 2.3 / 2.0 = 1.15 >= 1.15
+  assert float(g["ratio"]) == pytest.approx(1.15) and bool(g["shifted"])
+  g = adapt.shift_gate(2.28, 2.0, 1.15)
+  assert float(g["ratio"]) == pytest.approx(1.14) and not bool(g["shifted"])
+
+
+def test_gate_statistic_is_the_median_patch_distance_to_the_bank():
+  rng = np.random.default_rng(3)
+  z, bank = rng.normal(size=(37, 6)).astype(np.float32), rng.normal(size=(50, 6)).astype(np.float32)
+  want = np.median(np.sqrt(((z[:, None] - bank[None]) ** 2).sum(-1)).min(1))   # brute force
+  source = adapt.Source(jnp.asarray(bank), jnp.zeros(6), jnp.eye(6))
+  st = adapt.Settings(method="roda", target_patches=16, bank_patches=16, chunk=8)
+  got = adapt.gate_statistic(jnp.asarray(z), source, jax.random.key(0), st, "nn_median")
+  assert float(got) == pytest.approx(float(want), rel=1e-5)
+  # A defect in a minority of patches leaves the median where it was; a global shift moves it.
+  far = z.copy()
+  far[:5] += 100.0
+  assert float(adapt.gate_statistic(jnp.asarray(far), source, jax.random.key(0), st)) \
+      == pytest.approx(float(want), rel=0.2)
+  assert float(adapt.gate_statistic(jnp.asarray(z * 3.0), source, jax.random.key(0), st)) > 1.5 * want
+  assert float(adapt.gate_statistic(jnp.asarray(z), source, jax.random.key(0), st, "transport")) \
+      == pytest.approx(float(adapt.transport_criterion(jnp.asarray(z), source, jax.random.key(0),
+                                                       st)))
+  with pytest.raises(ValueError, match="unknown gate statistic 'mean'"):
+    adapt.gate_statistic(jnp.asarray(z), source, jax.random.key(0), st, "mean")
+
+
+def _gated(s):
+  """The shipped defaults (gate on, target statistics, no held-out safeguard), the fixture's
+  sizes; the gate's reference from 2 of the 12 training images held out of a bank of the
+  other 10 (`train.calibration_split` + `train.reference_cost`, as the experiments do)."""
+  cfg = base.get_base_config()
+  cfg.data.crop, cfg.batch_size = S, 8
+  cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
+  cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
+  assert cfg.adapt.gate > 0 and not cfg.adapt.safeguard and cfg.adapt.bn_mode == "target_stats"
+  keep, held = train.calibration_split(len(s["train_feats"]), cfg.fit.calibration_fraction, 0)
+  cal = patchcore.fit_memory_bank(s["train_feats"][keep], jax.random.key(0), ratio=0.5,
+                                  proj_dim=None)
+  return cfg, train.reference_cost(cfg, s["train_feats"][held], cal)
+
+
+def test_shift_gate_keeps_the_source_model_on_clean_targets_and_adapts_shifted_ones(setup):
+  s = setup
+  cfg, ref = _gated(s)
+  fns = tta.build("roda", cfg.adapt, s["module"], s["extract"], s["variables"]["params"], S)
+  run = lambda images: tta.run("roda", fns, cfg.adapt, s["variables"], s["source"], images,
+                               jax.random.key(0), reference=ref)
+  kept, last, info = run(s["clean_target"])
+  g = info["gate"]
+  # Unshifted target images of the training distribution: within 25% of the held-out normals.
+  assert not g["shifted"] and g["ratio"] < 1.25 and g["reference"] == ref
+  assert kept is s["variables"] and last is s["variables"] and info["steps"] == 0
+  test = loops.corrupt("contrast", s["clean_test"], 5, jax.random.key(1), 8)
+  target = loops.corrupt("contrast", s["clean_target"], 5, jax.random.key(2), 8)
+  kept, last, info = run(target)
+  assert info["gate"]["shifted"] and info["gate"]["ratio"] >= 1.25
+  assert info["steps"] == math.ceil(len(target) / 4) and info["bn_stats_used"] == "target_stats"
+  none = metrics.auroc(s["labels"], _scores(s, s["variables"], test))
+  assert metrics.auroc(s["labels"], _scores(s, kept, test)) > none + 25
+  with pytest.raises(cli.UserError, match="config.adapt.gate=1.25 needs the clean reference"):
+    tta.run("roda", fns, cfg.adapt, s["variables"], s["source"], target, jax.random.key(0))
 
 
 def test_safeguard_keeps_the_source_model_when_the_criterion_does_not_improve():

@@ -98,6 +98,7 @@ def test_shift_and_adaptation_records_for_each_fraction(tmp_path):
   c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="3,5",
                    adapt__methods="none,bn_stats,roda", shift__adapt_fractions="0.5,1.0",
                    adapt__batch_images=2, adapt__target_patches=64, adapt__bank_patches=64,
+                   adapt__gate=0.0, adapt__safeguard=True,
                    shift__seeds="0,1")
   recs = train.train_and_evaluate(c, str(tmp_path / "w"))
   # 2 seeds x 2 fractions x (clean + contrast at 2 severities) x 3 methods
@@ -130,7 +131,8 @@ def test_a_safeguard_fallback_reuses_the_source_evaluation(tmp_path, monkeypatch
   write_mvtec(tmp_path / "data", n_train=6, n_good=6, n_bad=6, size=64)
   c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="5",
                    adapt__methods="none,roda", shift__adapt_fraction=0.5, adapt__batch_images=2,
-                   adapt__target_patches=64, adapt__bank_patches=64, adapt__safeguard_margin=0.99)
+                   adapt__target_patches=64, adapt__bank_patches=64, adapt__safeguard_margin=0.99,
+                   adapt__gate=0.0, adapt__safeguard=True)
   calls = []
   evaluate = train.Context.evaluate
   monkeypatch.setattr(train.Context, "evaluate",
@@ -230,7 +232,8 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
   kw = dict(shift__corruptions="contrast", adapt__methods="none,roda",
             shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=32,
             adapt__bank_patches=32, data__categories="widget,gadget",   # banks: 38 and 51 rows
-            bank_dir=str(tmp_path / "banks"))
+            bank_dir=str(tmp_path / "banks"), adapt__gate=0.0, adapt__safeguard=True,
+            adapt__bn_mode="prior")
   loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
   vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
                                 str(tmp_path / "vmap"))
@@ -249,6 +252,36 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
     assert a.get("safeguard", {}).get("kept") == b.get("safeguard", {}).get("kept")
     if a["method"] != "none":
       assert b["vmap_classes"] == 2
+
+
+def test_shift_gate_in_the_experiment_loop_and_vmapped(tmp_path):
+  """The shipped defaults: clean targets keep the source model (records equal none's), a
+  contrast shift is adapted; the gate's reference is cached next to the bank; the vmapped pass
+  takes the same decisions."""
+  write_mvtec(tmp_path / "data", "widget", n_train=10, n_good=6, n_bad=6, size=64, seed=0)
+  write_mvtec(tmp_path / "data", "gadget", n_train=10, n_good=6, n_bad=6, size=64, seed=1)
+  kw = dict(shift__corruptions="clean,contrast", shift__severities="5", adapt__methods="none,roda",
+            shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=64,
+            adapt__bank_patches=64, data__categories="widget,gadget",
+            bank_dir=str(tmp_path / "banks"))
+  loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
+  refs = sorted(f for f in os.listdir(tmp_path / "banks") if f.endswith(".gate.json"))
+  assert len(refs) == 2
+  ref = json.load(open(tmp_path / "banks" / refs[0]))
+  assert (ref["n_held"], ref["n_kept"]) == (2, 8) and ref["reference"] > 0
+  vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
+                                str(tmp_path / "vmap"))
+  for recs in (loop, vm):
+    by = {(r["category"], r["shift"], r["method"]): r for r in recs}
+    for cat in ("widget", "gadget"):
+      clean, shifted = by[cat, "clean", "roda"], by[cat, "contrast", "roda"]
+      assert not clean["gate"]["shifted"] and clean["steps"] == 0
+      assert clean["image_auroc"] == by[cat, "clean", "none"]["image_auroc"]
+      assert shifted["gate"]["shifted"] and shifted["steps"] == 3   # 6 images, batch 2
+      assert clean["gate"]["reference"] == shifted["gate"]["reference"]
+  gate = lambda recs: sorted((r["category"], r["shift"], r["gate"]["shifted"],
+                              round(r["gate"]["ratio"], 4)) for r in recs if "gate" in r)
+  assert gate(loop) == gate(vm)
 
 
 def test_stack_problem_names_why_categories_adapt_one_by_one():

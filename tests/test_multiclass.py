@@ -43,6 +43,8 @@ def classes():
   cfg.adapt.batch_images, cfg.adapt.lr = 4, 1e-2
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 256
   cfg.adapt.hungarian_patches = 128
+  # The vmapped pass against the loop with every stage on (the gate is tested on its own).
+  cfg.adapt.gate, cfg.adapt.safeguard, cfg.adapt.bn_mode = 0.0, True, "prior"
   return dict(module=module, variables=variables, extract=extract, classes=out, cfg=cfg)
 
 

@@ -1,0 +1,25 @@
+#!/bin/bash
+# The runs behind docs/results.md "The shift gate, shipped" (issue 11): the shipped defaults
+# (shift gate 1.15 against held-out training normals, target BatchNorm statistics, no held-out
+# safeguard) on the four 2D dev datasets, clean + the four severity-5 shifts, 3 seeds.
+# Runs resume by record identity; BANKS (optional) reuses memory banks of an earlier workdir
+# with the same data/model/coreset settings (e.g. runs/sg).
+#   bash scripts/gate_runs.sh [runs/gate] [seeds] [methods] [banks workdir]
+set -e
+R=${1:-runs/gate}
+SEEDS=${2:-0,1,2}
+M=${3:-none,bn_stats,moment,kl,roda}
+B=${4:-$R}
+S=clean,gaussian_noise,defocus_blur,brightness,contrast
+python -m experiments.roda --config configs/mvtec.py --config.shift.corruptions=$S \
+  --config.shift.seeds=$SEEDS --config.adapt.methods=$M --workdir $R/bottle \
+  --config.bank_dir=$B/bottle/banks
+python -m experiments.roda --config configs/mvtec.py --config.data.name=mvtec3d \
+  --config.data.root=../shared/data/mvtec_3d --config.data.categories=tire \
+  --config.shift.corruptions=$S --config.shift.seeds=$SEEDS --config.adapt.methods=$M \
+  --workdir $R/tire --config.bank_dir=$B/tire/banks
+python -m experiments.roda --config configs/elpv.py --config.shift.adapt_fraction=0.2 \
+  --config.data.max_test_normal=50 --config.data.max_test_anomalous=50 --config.shift.corruptions=$S \
+  --config.shift.seeds=$SEEDS --config.adapt.methods=$M --workdir $R/elpv \
+  --config.bank_dir=$B/elpv/banks
+python scripts/roda_tables.py $R/*/results.json 2>/dev/null || true
