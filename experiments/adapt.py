@@ -156,7 +156,7 @@ def main(argv):
              "images of the new conditions with --normals to recalibrate the threshold")
   g = info.get("gate")
   if g and not g["shifted"]:
-    decision = (f"the shift gate found no shift (transport cost {g['cost']:.4g} = "
+    decision = (f"the shift gate found no shift ({g['statistic']} {g['cost']:.4g} = "
                 f"{g['ratio']:.2f} x the clean reference, below {g['threshold']}): the source "
                 "model is kept unchanged")
   elif guard:
@@ -166,6 +166,9 @@ def main(argv):
                 f"{guard['criterion']} {guard['source']:.4g} by {guard['margin']:.0%})")
   else:
     decision = f"{info.get('steps', 0)} steps, no safeguard"
+  if g and g["shifted"]:
+    decision = (f"the shift gate found a shift ({g['statistic']} {g['ratio']:.2f} x the clean "
+                f"reference, >= {g['threshold']}); {decision}")
   print(f"adapted model: {out} ({method} on {len(paths)} images; {decision}; median score "
         f"{scores['median_before']:.4g} -> {scores['median_after']:.4g}, threshold {thr:.4g}; "
         f"{time.perf_counter() - t0:.0f} s)", flush=True)
