@@ -156,7 +156,7 @@ def main(argv):
              "images of the new conditions with --normals to recalibrate the threshold")
   g = info.get("gate")
   if g and not g["shifted"]:
-    decision = (f"the shift gate found no shift ({g['statistic']} {g['cost']:.4g} = "
+    decision = (f"the shift gate found no shift ({g['statistic']} {g['value']:.4g} = "
                 f"{g['ratio']:.2f} x the clean reference, below {g['threshold']}): the source "
                 "model is kept unchanged")
   elif guard:

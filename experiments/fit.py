@@ -162,7 +162,7 @@ def main(argv):
     cal = {"n_calibration": len(held), "calibration_images": [ds.train.names[i] for i in held],
            "calibration_scores": [float(s) for s in held_scores]}
     # The shift gate's clean reference (experiments.adapt): the same held-out normals.
-    manifest["gate"] = {"reference": train.reference_cost(c, feats[held], cal_bank),
+    manifest["gate"] = {"reference": train.reference_statistic(c, feats[held], cal_bank),
                         "n_held": len(held),
                         "settings": {k: c.adapt[k] for k in train.GATE_SETTING_KEYS}}
   if c.fit.threshold == "quantile":

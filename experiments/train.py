@@ -266,7 +266,8 @@ def gate_needed(config) -> bool:
           any(m != "none" for m in parse_list(config.adapt.methods)))
 
 
-def reference_cost(config, feats_held: np.ndarray, cal_bank: patchcore.MemoryBank) -> float:
+def reference_statistic(config, feats_held: np.ndarray,
+                        cal_bank: patchcore.MemoryBank) -> float:
   """The shift gate's clean reference: the statistic (`tta.gate_statistic_fn`) of held-out
   training normals' patch features `[n, h, w, D]` (or `[n, G, D]`) against `cal_bank`, a bank
   fitted without them, with the key of `config.seed`."""
@@ -277,7 +278,7 @@ def reference_cost(config, feats_held: np.ndarray, cal_bank: patchcore.MemoryBan
 
 
 def gate_reference(config, workdir, ds, variables, extract, timing) -> float | None:
-  """`reference_cost` of `ds` (None when the gate is off), cached next to its memory bank.
+  """`reference_statistic` of `ds` (None when the gate is off), cached next to its memory bank.
 
   The training images are split as `experiments.fit` splits them for the
   threshold (`fit.calibration_fraction`, seeded); a calibration bank is fitted
@@ -307,7 +308,7 @@ def gate_reference(config, workdir, ds, variables, extract, timing) -> float | N
   feats = train_features(config, ds, variables, extract, {})
   keep, held = calibration_split(len(ds.train), f, config.seed)
   cal_bank = fit_bank(config, feats[keep], f"{ds.category}: gate reference ")
-  ref = reference_cost(config, feats[held], cal_bank)
+  ref = reference_statistic(config, feats[held], cal_bank)
   report.atomic_write(path, json.dumps({"key": key, "reference": ref, "n_held": len(held),
                                         "n_kept": len(keep)}, indent=1))
   timing["gate_reference_s"] = time.perf_counter() - t

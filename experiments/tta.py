@@ -60,7 +60,7 @@ class Functions:
   criterion: Callable           # (variables, source, images, key) -> {"transport", "nn"}
   moments: Callable             # (variables, images) -> per-layer {"mean", "var"}
   features: Callable = None     # (variables, images) -> patch features, not class-mapped
-  cost: Callable = None         # (z [B, P, D], source, key) -> the gate's statistic
+  gate_statistic: Callable = None  # (z [B, P, D], source, key) -> the shift gate's statistic
   stack: Callable = adapt.stack_classes        # classes=True: jitted (one dispatch, not
   unstack: Callable = adapt.unstack_class      # one per leaf)
 
@@ -183,10 +183,10 @@ def gate_info(fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
   for i in range(0, len(images), cfg_adapt.stats_batch):
     feats.append(fns.features(variables, jnp.asarray(images[i:i + cfg_adapt.stats_batch])))
   z = jnp.concatenate(feats)
-  cost = fns.cost(z.reshape(z.shape[0], -1, z.shape[-1]), source, gate_key(key))
-  g = jax.device_get(adapt.shift_gate(cost, jnp.float32(reference), threshold))
+  value = fns.gate_statistic(z.reshape(z.shape[0], -1, z.shape[-1]), source, gate_key(key))
+  g = jax.device_get(adapt.shift_gate(value, jnp.float32(reference), threshold))
   return {"statistic": cfg_adapt.get("gate_statistic", "nn_median"), "threshold": threshold,
-          "reference": float(reference), "cost": float(cost),
+          "reference": float(reference), "value": float(value),
           "ratio": float(g["ratio"]), "shifted": bool(g["shifted"]), "n_images": len(images)}
 
 

@@ -431,19 +431,19 @@ def gate_statistic(z: jax.Array, source: Source, key: jax.Array, settings: Setti
   raise ValueError(f"unknown gate statistic {name!r}; use one of {', '.join(GATE_STATISTICS)}")
 
 
-def shift_gate(cost: jax.Array, reference: jax.Array, threshold: float) -> dict:
+def shift_gate(value: jax.Array, reference: jax.Array, threshold: float) -> dict:
   """Is the target shifted? The source model's gate statistic against its clean reference.
 
-  `cost`: `gate_statistic` of the source model on the adaptation images;
+  `value`: `gate_statistic` of the source model on the adaptation images;
   `reference`: the same statistic, same settings, on training normals held out
   of a bank fitted without them (what an unshifted target scores, including the
   out-of-sample rise a new normal image has). Beyond the paper: RoDA adapts
-  only when `cost >= threshold * reference`.
-  Returns `{"ratio": cost / reference, "shifted": bool}` (scalars).
+  only when `value >= threshold * reference`.
+  Returns `{"ratio": value / reference, "shifted": bool}` (scalars).
   """
-  cost, reference = jnp.asarray(cost), jnp.asarray(reference)
-  chex.assert_rank([cost, reference], 0)
-  ratio = cost / reference
+  value, reference = jnp.asarray(value), jnp.asarray(reference)
+  chex.assert_rank([value, reference], 0)
+  ratio = value / reference
   return {"ratio": ratio, "shifted": ratio >= threshold}
 
 

@@ -117,7 +117,7 @@ def test_gate_statistic_is_the_median_patch_distance_to_the_bank():
 def _gated(s):
   """The shipped defaults (gate on, target statistics, no held-out safeguard), the fixture's
   sizes; the gate's reference from 2 of the 12 training images held out of a bank of the
-  other 10 (`train.calibration_split` + `train.reference_cost`, as the experiments do)."""
+  other 10 (`train.calibration_split` + `train.reference_statistic`, as the experiments do)."""
   cfg = base.get_base_config()
   cfg.data.crop, cfg.batch_size = S, 8
   cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
@@ -126,7 +126,7 @@ def _gated(s):
   keep, held = train.calibration_split(len(s["train_feats"]), cfg.fit.calibration_fraction, 0)
   cal = patchcore.fit_memory_bank(s["train_feats"][keep], jax.random.key(0), ratio=0.5,
                                   proj_dim=None)
-  return cfg, train.reference_cost(cfg, s["train_feats"][held], cal)
+  return cfg, train.reference_statistic(cfg, s["train_feats"][held], cal)
 
 
 def test_shift_gate_keeps_the_source_model_on_clean_targets_and_adapts_shifted_ones(setup):

@@ -160,6 +160,8 @@ def test_config_errors_are_clear(tmp_path):
                   (dict(shift__adapt_fractions="0.2,1.5"), r"fraction 1.5 .* must be in \[0, 1\]"),
                   (dict(adapt__methods="roda"), "need target images"),
                   (dict(adapt__bn_mode="batch"), "bn_mode='batch'; use one of source"),
+                  (dict(adapt__gate_statistic="mean"), "gate_statistic='mean'; use nn_median"),
+                  (dict(adapt__gate=-1.0), r"gate=-1.0 must be >= 0"),
                   (dict(adapt__safeguard_criterion="auroc"), "criterion='auroc'; use transport"),
                   (dict(adapt__safeguard_criterion="synthetic", adapt__synthetic_copies=0),
                    "synthetic_copies >= 1")]:
