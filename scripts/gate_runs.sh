@@ -1,7 +1,9 @@
 #!/bin/bash
-# The runs behind docs/results.md "The shift gate, shipped" (issue 11): the shipped defaults
-# (shift gate 1.15 against held-out training normals, target BatchNorm statistics, no held-out
-# safeguard) on the four 2D dev datasets, clean + the four severity-5 shifts, 3 seeds.
+# The runs behind docs/results.md "Shipped since 2026-11-25" (issue 11): the shipped defaults
+# (shift gate 1.25 on the median patch distance against held-out training normals, target
+# BatchNorm statistics, no held-out safeguard) on the four 2D dev datasets, clean + the four
+# severity-5 shifts, 3 seeds (about 35 min on 2 cores with five methods; then
+#   bash scripts/gate_runs.sh runs/gate35 3,4,5 none,bn_stats,roda runs/sg   for seeds 3-5).
 # Runs resume by record identity; BANKS (optional) reuses memory banks of an earlier workdir
 # with the same data/model/coreset settings (e.g. runs/sg).
 #   bash scripts/gate_runs.sh [runs/gate] [seeds] [methods] [banks workdir]
