@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import cli
+from experiments import cli, loops
 from flax import traverse_util
 
 from rodajax import adapt, augment, features, scoring
@@ -168,7 +168,7 @@ def gate_info(fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
   them (`experiments.train.gate_reference`);
   `adapt.shift_gate` says "shifted" at `adapt.gate` x the reference. Only a
   shifted target is adapted. Images go through the extractor in batches of
-  `adapt.stats_batch`.
+  `adapt.stats_batch` (`loops.batched`).
   """
   threshold = float(cfg_adapt.get("gate", 0.0))
   if threshold <= 0.0:
@@ -179,11 +179,9 @@ def gate_info(fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
         f"normals (got {reference}); it is computed when the model is fitted with "
         "config.fit.calibration_fraction > 0: refit the model, or set config.adapt.gate=0 to "
         "adapt without the gate")
-  feats = []
-  for i in range(0, len(images), cfg_adapt.stats_batch):
-    feats.append(fns.features(variables, jnp.asarray(images[i:i + cfg_adapt.stats_batch])))
-  z = jnp.concatenate(feats)
-  value = fns.gate_statistic(z.reshape(z.shape[0], -1, z.shape[-1]), source, gate_key(key))
+  z = loops.batched(fns.features, variables, images, min(cfg_adapt.stats_batch, len(images)))
+  value = fns.gate_statistic(jnp.asarray(z.reshape(len(z), -1, z.shape[-1])), source,
+                             gate_key(key))
   g = jax.device_get(adapt.shift_gate(value, jnp.float32(reference), threshold))
   return {"statistic": cfg_adapt.get("gate_statistic", "nn_median"), "threshold": threshold,
           "reference": float(reference), "value": float(value),
