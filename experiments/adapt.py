@@ -103,7 +103,7 @@ def main(argv):
   fns = tta.build(method, config.adapt, module, extract, model.variables["params"],
                   config.data.crop)
   gate = model.manifest.get("gate") or {}
-  if gate and gate.get("settings") != {k: config.adapt[k] for k in train.GATE_SETTING_KEYS}:
+  if gate and gate.get("settings") != train.gate_settings(config):
     cli.warn(f"the shift gate's reference was computed with other transport settings "
              f"({gate.get('settings')}); the gate compares unlike costs: refit the model with "
              "these --config.adapt settings, or set --config.adapt.gate=0")

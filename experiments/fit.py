@@ -37,7 +37,7 @@ def fit_fingerprint(config, category) -> str:
   from experiments import train
   keys = {"bank": train.bank_fingerprint(config, category), "fit": config.fit.to_dict(),
           "scoring": config.scoring.to_dict(),
-          "gate": {k: config.adapt[k] for k in train.GATE_SETTING_KEYS}}
+          "gate": train.gate_settings(config)}
   return hashlib.sha1(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -164,7 +164,7 @@ def main(argv):
     # The shift gate's clean reference (experiments.adapt): the same held-out normals.
     manifest["gate"] = {"reference": train.reference_statistic(c, feats[held], cal_bank),
                         "n_held": len(held),
-                        "settings": {k: c.adapt[k] for k in train.GATE_SETTING_KEYS}}
+                        "settings": train.gate_settings(c)}
   if c.fit.threshold == "quantile":
     thr = calibration.conformal_threshold(np.asarray(cal["calibration_scores"]), c.fit.quantile)
     thr["rule"] = (f"split-conformal quantile {c.fit.quantile} of {thr['n']} held-out normal "

@@ -249,6 +249,11 @@ GATE_SETTING_KEYS = ("gate_statistic", "target_patches", "bank_patches", "epsilo
                      "sinkhorn_threshold", "sinkhorn_max_iterations", "online_above", "chunk")
 
 
+def gate_settings(config) -> dict:
+  """The `config.adapt` values the shift gate's reference depends on (`GATE_SETTING_KEYS`)."""
+  return {k: config.adapt[k] for k in GATE_SETTING_KEYS}
+
+
 def calibration_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
   """Seeded (kept, held-out) indices of n training images; at least one of each."""
   if n < 2:
@@ -272,9 +277,9 @@ def reference_statistic(config, feats_held: np.ndarray,
   training normals' patch features `[n, h, w, D]` (or `[n, G, D]`) against `cal_bank`, a bank
   fitted without them, with the key of `config.seed`."""
   z = jax.numpy.asarray(feats_held.reshape(len(feats_held), -1, feats_held.shape[-1]))
-  cost = tta.gate_statistic_fn(config.adapt)(z, source_of(cal_bank),
-                                             tta.gate_key(jax.random.key(config.seed)))
-  return float(cost)
+  value = tta.gate_statistic_fn(config.adapt)(z, source_of(cal_bank),
+                                              tta.gate_key(jax.random.key(config.seed)))
+  return float(value)
 
 
 def gate_reference(config, workdir, ds, variables, extract, timing) -> float | None:
@@ -295,7 +300,7 @@ def gate_reference(config, workdir, ds, variables, extract, timing) -> float | N
                       "config.adapt.gate=0 to adapt without the gate")
   path = bank_path(config, workdir, ds) + ".gate.json"
   key = {"bank": bank_fingerprint(config, ds.category), "calibration_fraction": f,
-         **{k: config.adapt[k] for k in GATE_SETTING_KEYS}}
+         **gate_settings(config)}
   if os.path.exists(path):
     try:
       with open(path) as fh:

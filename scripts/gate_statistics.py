@@ -44,13 +44,13 @@ def dev_sets():
 
 
 def statistics(config, z, bank, key):
-  z = jnp.asarray(z.reshape(len(z), -1, z.shape[-1]))
-  source = train.source_of(bank)
-  nn = scoring.nearest_distances(z.reshape(-1, z.shape[-1]), source.bank, config.adapt.chunk)
-  transport = adapt.transport_criterion(z.reshape(-1, z.shape[-1]), source, key,
-                                        tta.settings(config.adapt, "roda"))
-  return {"transport": float(transport),
-          "nn_mean": float(jnp.mean(nn)), "nn_median": float(jnp.median(nn))}
+  """The shipped gate statistics (`adapt.gate_statistic`) and, beside them, the mean distance."""
+  z = jnp.asarray(z.reshape(-1, z.shape[-1]))
+  source, s = train.source_of(bank), tta.settings(config.adapt, "roda")
+  out = {name: float(adapt.gate_statistic(z, source, key, s, name))
+         for name in adapt.GATE_STATISTICS}
+  nn = scoring.nearest_distances(z, source.bank, config.adapt.chunk)
+  return {**out, "nn_mean": float(jnp.mean(nn))}
 
 
 def main():
