@@ -14,7 +14,12 @@ threshold and everything else stay those of DIR, which DIR2 names and must
 keep next to it. DIR2/model.json records what was adapted, the gate's (and, if
 on, the safeguard's) decision and the scores of the adaptation images before and after.
 With --normals FOLDER (known-normal images of the new conditions) the
-threshold and the normalisation are recalibrated on them after adaptation.
+threshold and the normalisation are recalibrated on them after adaptation;
+without it, --threshold=transfer carries the fitted threshold over without
+labels (the held-out training normals' score quantiles mapped onto the
+adaptation images', rodajax/calibration.py; docs/results.md measures it: it
+needs adaptation images that are mostly normal), and --threshold=keep (the
+default) keeps it.
 A rerun with the same model, images and settings reuses DIR2.
 """
 import hashlib
@@ -26,6 +31,8 @@ import numpy as np
 
 from experiments import cli
 
+MIN_TRANSFER = 8   # adaptation images needed to transfer the threshold (quartiles of fewer: noise)
+
 FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fit)", required=True),
          cli.Flag("images", "folder (subfolders included), quoted glob, or file of unlabeled "
                   "target images", required=True),
@@ -36,6 +43,13 @@ FLAGS = [cli.Flag("model", "the fitted model directory (python -m experiments.fi
          cli.Flag("normals", "optional folder of known-normal images from the new conditions: "
                   "the threshold is recalibrated on them (split-conformal, config.fit.quantile) "
                   "instead of kept from the fitted model", ""),
+         cli.Flag("threshold", "without --normals: keep (the fitted threshold) or transfer (the "
+                  "fitted threshold carried to the new conditions without labels, from the "
+                  "adaptation images' scores: rodajax.calibration.transfer_threshold, rule "
+                  f"affine; needs >= {MIN_TRANSFER} images and most of them normal, see "
+                  "--anomaly_share: with many anomalous ones it flags nothing)", "keep"),
+         cli.Flag("anomaly_share", "with --threshold=transfer: the largest share of anomalous "
+                  "images expected among --images, in [0, 0.5)", "0.1"),
          cli.Flag("overwrite", "replace an adapted model made with other images or settings "
                   "(true/false)", "false")]
 
@@ -58,6 +72,16 @@ def main(argv):
     seed = int(args.flags["seed"])
   except ValueError as e:
     raise cli.UserError(f"--method/--seed: {e}") from None
+  mode = args.flags["threshold"]
+  if mode not in ("keep", "transfer"):
+    raise cli.UserError(f"--threshold={mode!r}; use keep or transfer (or give --normals)")
+  try:
+    share = float(args.flags["anomaly_share"])
+    if not 0.0 <= share < 0.5:
+      raise ValueError("not in [0, 0.5)")
+  except ValueError as e:
+    raise cli.UserError(f"--anomaly_share={args.flags['anomaly_share']!r}: {e}; give the largest "
+                        "share of anomalous images you expect among --images, e.g. 0.1") from None
   if method == "none":
     raise cli.UserError("--method=none adapts nothing; predict with the fitted model directly")
   model = modeldir.load(args.flags["model"])
@@ -71,6 +95,7 @@ def main(argv):
   normals = data.expand(args.flags["normals"])[0] if args.flags["normals"] else []
   request = {"base_content_sha256": model.content, "method": method, "seed": seed,
              "normals": [os.path.abspath(p) for p in normals],
+             "threshold": None if normals else {"mode": mode, "anomaly_share": share},
              "adapt": config.adapt.to_dict(),
              "images_sha256": hashlib.sha256("\n".join(map(os.path.abspath, paths))
                                              .encode()).hexdigest()}
@@ -136,6 +161,28 @@ def main(argv):
                          f"{args.flags['normals']}")
     threshold["median"] = float(np.median(ns))
     scores["share_above_new_threshold_after"] = float(np.mean(after > threshold["value"]))
+  elif mode == "transfer" and len(paths) < MIN_TRANSFER:
+    cli.warn(f"{len(paths)} adaptation images are too few to transfer the threshold (needs >= "
+             f"{MIN_TRANSFER}); the fitted threshold is kept: give more images, or known-normal "
+             "ones with --normals")
+  elif mode == "transfer":
+    cal = model.manifest.get("fit", {}).get("calibration_scores")
+    if not cal:
+      raise cli.UserError(f"--threshold=transfer needs the held-out normals' scores of the fitted "
+                          f"model, and {args.flags['model']!r} has none (fitted with "
+                          "fit.calibration_fraction=0): refit it with held-out normals, or give "
+                          "known-normal images of the new conditions with --normals")
+    try:
+      t = calibration.transfer_threshold(np.asarray(cal), after, thr, share, "affine")
+    except ValueError as e:
+      raise cli.UserError(f"--threshold=transfer: {e}") from None
+    threshold = {**t, "median": t["a"] + t["b"] * model.median,
+                 "rule": (f"transferred without labels: the fitted threshold "
+                          f"{thr:.6g} mapped by the affine map of the lower quartile and "
+                          f"median of {len(cal)} held-out training normals' scores onto those "
+                          f"of the {len(paths)} adaptation images (assumed <= {share:.0%} "
+                          "anomalous)")}
+    scores["share_above_new_threshold_after"] = float(np.mean(after > threshold["value"]))
   guard = info.get("safeguard", {})
   adapted = {"request": request, "method": method, "images": os.path.abspath(
       args.flags["images"]), "n_images": len(paths), "conversions": notes,
@@ -169,8 +216,11 @@ def main(argv):
   if g and g["shifted"]:
     decision = (f"the shift gate found a shift ({g['statistic']} {g['ratio']:.2f} x the clean "
                 f"reference, >= {g['threshold']}); {decision}")
+  how = ("" if not threshold else " recalibrated on --normals" if normals else
+         f" transferred from {model.threshold:.4g}")
   print(f"adapted model: {out} ({method} on {len(paths)} images; {decision}; median score "
-        f"{scores['median_before']:.4g} -> {scores['median_after']:.4g}, threshold {thr:.4g}; "
+        f"{scores['median_before']:.4g} -> {scores['median_after']:.4g}, threshold{how} "
+        f"{thr:.4g}; "
         f"{time.perf_counter() - t0:.0f} s)", flush=True)
 
 

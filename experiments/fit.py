@@ -103,7 +103,6 @@ def weights_reference(config) -> dict:
 def main(argv):
   args = cli.parse(argv, __doc__, FLAGS, os.path.join(cli.CONFIGS, "elpv.py"))
   cli.quiet_logs()
-  import jax
   from tqdm import tqdm
 
   from experiments import loops, modeldir, train
@@ -147,17 +146,12 @@ def main(argv):
     bank, variables = train.fit_or_restore(config, tmp, ds, module, variables, extract, timing,
                                            feats, statistics_done=True)
   c = config
-  scorer = jax.jit(patchcore.make_scorer(c.data.crop, c.scoring.sigma, c.scoring.chunk,
-                                         c.scoring.reweight))
   n = len(ds.train)
   manifest = {"dataset": ds.name, "category": category, "backbone": c.model.backbone,
               **weights_reference(c), "n_train": n, "fit_fingerprint": fp}
   median, cal = None, {}
   if c.fit.calibration_fraction > 0:
-    keep, held = train.calibration_split(n, c.fit.calibration_fraction, c.seed)
-    cal_bank = train.fit_bank(c, feats[keep], "calibration ")
-    held_scores = loops.batched(lambda _, x: scorer(x, cal_bank.bank)[0], None,
-                                    feats[held], c.batch_size)
+    held, cal_bank, held_scores = train.calibration_scores(c, feats)
     median = float(np.median(held_scores))
     cal = {"n_calibration": len(held), "calibration_images": [ds.train.names[i] for i in held],
            "calibration_scores": [float(s) for s in held_scores]}

@@ -265,6 +265,24 @@ def calibration_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, n
   return np.sort(perm[k:]), np.sort(perm[:k])
 
 
+def calibration_scores(config, feats: np.ndarray, desc: str = ""):
+  """`(held, cal_bank, scores)`: the threshold's held-out normals and their image scores.
+
+  `feats`: patch features `[N, h, w, D]` of the training images. The images of
+  `calibration_split(N, fit.calibration_fraction, seed)`'s held-out part are
+  scored against a bank fitted on the rest (`experiments.fit`'s rule: a held-out
+  normal's score is what a new normal image would get).
+  """
+  keep, held = calibration_split(len(feats), config.fit.calibration_fraction, config.seed)
+  cal_bank = fit_bank(config, feats[keep], f"{desc}calibration ")
+  c = config
+  scorer = jax.jit(patchcore.make_scorer(c.data.crop, c.scoring.sigma, c.scoring.chunk,
+                                         c.scoring.reweight))
+  scores = loops.batched(lambda _, x: scorer(x, cal_bank.bank)[0], None, feats[held],
+                         c.batch_size)
+  return held, cal_bank, np.asarray(scores)
+
+
 def gate_needed(config) -> bool:
   """Whether the runs of `config` use the shift gate (`adapt.gate > 0` and a method adapts)."""
   return (float(config.adapt.get("gate", 0.0)) > 0.0 and

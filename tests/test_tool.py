@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -148,7 +149,7 @@ def test_adapt_then_predict_equals_the_experiments_roda_record(widget, tmp_path,
   assert out.strip().splitlines()[-1].startswith(f"adapted model: {adapted}")
   m = json.load(open(adapted / "model.json"))
   assert m["kind"] == "adapted" and m["base"] == str(model)
-  assert m["threshold"] == json.load(open(model / "model.json"))["threshold"]
+  assert m["threshold"] == json.load(open(model / "model.json"))["threshold"]   # kept: default
   # Only BatchNorm leaves are stored: the checkpoint is small next to the base's.
   size = lambda d: sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(d) for f in fs)
   assert size(adapted / "checkpoint") < size(model / "checkpoint") / 5
@@ -229,3 +230,43 @@ def test_adapt_recalibrates_the_threshold_on_given_normals(widget, tmp_path, cap
                              "--maps", "none"], capsys)
   assert code == 0
   assert all(r["anomalous"] == "0" for r in read_csv(tmp_path / "p" / "predictions.csv"))
+
+
+def test_adapt_transfers_the_threshold_without_labels(widget, tmp_path, capsys):
+  from rodajax import calibration
+  extra = {"data.root": widget, "data.categories": "widget"}
+  model, adapted = tmp_path / "model", tmp_path / "adapted"
+  assert run(fit, ["--config", MVTEC, *flags(extra), "--model", model], capsys)[0] == 0
+  good = os.path.join(widget, "widget", "test", "good")
+  for bad, says in ((["--threshold", "median"], "use keep or transfer"),
+                    (["--threshold", "transfer", "--anomaly_share", "0.6"], "--anomaly_share")):
+    code, _, err = run(adapt_cmd, ["--model", model, "--images", good, "--out", adapted,
+                                   "--method", "bn_stats", *bad], capsys)
+    assert code == 2 and says in err and "Traceback" not in err
+  code, out, err = run(adapt_cmd, ["--model", model, "--images", good, "--out", adapted,
+                                   "--method", "bn_stats", "--threshold", "transfer",
+                                   "--anomaly_share", "0"], capsys)
+  assert code == 0, err
+  assert "threshold transferred from" in out
+  base, m = json.load(open(model / "model.json")), json.load(open(adapted / "model.json"))
+  assert "transferred without labels" in m["threshold"]["rule"]
+  # The adapted model's scores of the same images, mapped by the library's rule, give the
+  # stored threshold and normalisation.
+  assert run(predict, ["--model", adapted, "--images", good, "--out", tmp_path / "p",
+                       "--maps", "none"], capsys)[0] == 0
+  scores = np.array([float(r["score"]) for r in read_csv(tmp_path / "p" / "predictions.csv")])
+  want = calibration.transfer_threshold(np.array(base["fit"]["calibration_scores"]), scores,
+                                        base["threshold"]["value"], 0.0, "affine")
+  assert m["threshold"]["value"] == pytest.approx(want["value"], rel=1e-5)
+  assert m["normalisation"]["threshold"] == m["threshold"]["value"]
+  assert m["normalisation"]["median"] == pytest.approx(
+      want["a"] + want["b"] * base["normalisation"]["median"], rel=1e-5)
+  # Fewer than MIN_TRANSFER images: the fitted threshold is kept, with a warning.
+  few = tmp_path / "few"
+  few.mkdir()
+  for f in sorted(os.listdir(good))[:adapt_cmd.MIN_TRANSFER - 1]:
+    shutil.copy(os.path.join(good, f), few / f)
+  code, _, err = run(adapt_cmd, ["--model", model, "--images", few, "--out", tmp_path / "f",
+                                 "--method", "bn_stats", "--threshold", "transfer"], capsys)
+  assert code == 0 and "too few to transfer" in err
+  assert json.load(open(tmp_path / "f" / "model.json"))["threshold"] == base["threshold"]
