@@ -70,6 +70,7 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # k = groups of k in sequence (lax.map); auto: 1 on CPU
   c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
+                                   # target_mean (their means, the source variances) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior);
                                    # docs/results.md "The shift gate" for the choice
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images

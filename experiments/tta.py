@@ -10,8 +10,9 @@ Per call of `run` (one method, one target domain):
    model is returned unchanged. The decision is in `info["gate"]`.
 1. The adaptation images are split (seeded) into a training part and, with the
    safeguard on, a held-out part (`adapt.holdout_fraction`).
-2. BatchNorm statistics (`adapt.bn_mode`): kept (source), replaced by those of
-   the training part (target_stats), mixed with an N-sample source prior
+2. BatchNorm statistics (`adapt.bn_mode`, `adapt.bn_statistics`): kept
+   (source), replaced by those of the training part (target_stats), its means
+   with the source variances (target_mean), mixed with an N-sample source prior
    (prior, N = `adapt.bn_prior`).
 3. Algorithm 1: `adapt.epochs` passes over the training part in minibatches of
    `adapt.batch_images` (a shuffled order per pass; the last, short minibatch
@@ -401,8 +402,7 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if method == "bn_stats" or mode != "source":
     t_stats = target_statistics(fns.moments, variables, train, cfg_adapt.stats_batch)
     mode = "target_stats" if method == "bn_stats" else mode
-    stats = (t_stats if mode == "target_stats" else
-             adapt.mix_batch_stats(source_stats, t_stats, len(train), cfg_adapt.bn_prior))
+    stats = adapt.bn_statistics(mode, source_stats, t_stats, len(train), cfg_adapt.bn_prior)
   info["bn_stats_used"] = mode
   start = {"params": variables["params"], "batch_stats": stats}
 
@@ -561,13 +561,8 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
                                          v0, t, cfg_adapt.stats_batch)
                        for i, t in enumerate(train)])
     mode = "target_stats" if method == "bn_stats" else mode
-    if mode == "target_stats":
-      stats = t_stats
-    else:   # Eq. 3's weight n / (N + n) per class
-      w = jnp.asarray([n / (n + cfg_adapt.bn_prior) for n in n_train], jnp.float32)
-      stats = jax.tree.map(
-          lambda a, b: (1.0 - w.reshape((-1,) + (1,) * (a.ndim - 1))) * a +
-          w.reshape((-1,) + (1,) * (a.ndim - 1)) * b, source_stats, t_stats)
+    stats = adapt.bn_statistics(mode, source_stats, t_stats, np.asarray(n_train),
+                                cfg_adapt.bn_prior)   # prior: Eq. 3's weight per class
   for info in infos:
     info["bn_stats_used"] = mode
   candidates = [adapt.split_bn(v0["params"])[0]]

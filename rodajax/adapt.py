@@ -23,8 +23,11 @@ Methods (`Settings.method`):
 
 BatchNorm statistics (`BN_MODES`), the same while adapting and at test time:
 "source" keeps the source running statistics; "target_stats" replaces them by
-the statistics of the adaptation images; "prior" mixes the two with an
-N-sample source prior (Schneider et al., NeurIPS 2020, Eq. 3):
+the statistics of the adaptation images; "target_mean" takes the means from the
+adaptation images and keeps the source variances (beyond the paper; a shift of
+the activations is re-centred, added variance such as sensor noise is not
+normalised away); "prior" mixes the two with an N-sample source prior
+(Schneider et al., NeurIPS 2020, Eq. 3):
 mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance.
 """
 from __future__ import annotations
@@ -53,7 +56,7 @@ METHODS = {
     "roda": ("discrete", None, "dihedral"),
 }
 
-BN_MODES = ("source", "target_stats", "prior")
+BN_MODES = ("source", "target_stats", "target_mean", "prior")
 # The keys of `holdout_criterion`: the last two only with synthetic defects (z_pseudo).
 HOLDOUT_CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
 
@@ -348,14 +351,44 @@ def batch_moments(module, variables: dict, x: jax.Array) -> Any:
                       upd["batch_stats"], variables["batch_stats"])
 
 
-def mix_batch_stats(source_stats, target_stats, n_target: int, prior: float) -> Any:
+def mix_batch_stats(source_stats, target_stats, n_target, prior: float) -> Any:
   """Schneider et al. 2020, Eq. 3: (N mu_s + n mu_t) / (N + n) per statistic.
 
-  `prior` = N (source prior strength, in images); `n_target` = n. N = 0 gives
-  the target statistics; N -> inf the source ones.
+  `prior` = N (source prior strength, in images); `n_target` = n, a number or
+  one per class `[C]` when the statistics carry a leading class axis. N = 0
+  gives the target statistics; N -> inf the source ones.
   """
-  w = n_target / (n_target + prior)
-  return jax.tree.map(lambda s, t: (1.0 - w) * s + w * t, source_stats, target_stats)
+  w = jnp.asarray(n_target, jnp.float32) / (jnp.asarray(n_target, jnp.float32) + prior)
+
+  def mix(s, t):
+    wb = w.reshape(w.shape + (1,) * (s.ndim - w.ndim))
+    return (1.0 - wb) * s + wb * t
+  return jax.tree.map(mix, source_stats, target_stats)
+
+
+def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float) -> Any:
+  """The BatchNorm running statistics a `BN_MODES` mode tests and adapts with.
+
+  `source_stats`, `target_stats`: Flax `batch_stats` trees (`{..: {"mean", "var"}}`,
+  `[C]` per layer, or `[K, C]` with a leading class axis); `n_target`: the
+  number of adaptation images behind `target_stats` (per class `[K]` with a
+  class axis; only "prior" uses it, with `prior` = N images).
+  """
+  if mode == "source":
+    return source_stats
+  if mode == "target_stats":
+    return target_stats
+  if mode == "target_mean":
+    def pick(path, s, t):
+      name = getattr(path[-1], "key", None)
+      if name not in ("mean", "var"):
+        raise ValueError(f"batch_stats leaf {jax.tree_util.keystr(path)} is neither a mean "
+                         "nor a var")
+      return t if name == "mean" else s
+    return jax.tree_util.tree_map_with_path(pick, source_stats, target_stats)
+  if mode == "prior":
+    return mix_batch_stats(source_stats, target_stats, n_target, prior)
+  raise ValueError(f"unknown BatchNorm mode {mode!r}; use one of {', '.join(BN_MODES)}")
 
 
 def transport_criterion(z: jax.Array, source: Source, key: jax.Array,

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from configs import elpv, mvtec
+from configs import base, elpv, mvtec
 from experiments import loops, train, tta
 from rodajax import calibration, data, patchcore
 from rodajax.report import atomic_write
@@ -97,7 +97,7 @@ def run(name: str, seeds, share: float, banks: str, rows: list, out: str):
           s = loops.predict(predict, v, x, bank.bank, c.batch_size)[0]
           rows.append({"dataset": name, "seed": seed, "shift": shift, "method": method,
                        "adapted": v is not v_source, "calibration": cal.tolist(),
-                       "fitted": fitted, "line": s[line].tolist(),
+                       "fitted": fitted, "quantile": c.fit.quantile, "line": s[line].tolist(),
                        "line_labels": labels[line].tolist(), "scored": s[scored].tolist(),
                        "scored_labels": labels[scored].tolist(),
                        "gate": (info.get("gate") or {}).get("shifted")})
@@ -117,13 +117,16 @@ def rates(thr: float, scores, labels) -> dict:
           "bacc": 50 * (1 - fpr + recall)}
 
 
-def threshold_of(rule, r, quantile=0.99):
+def threshold_of(rule, r, quantile=None):
+  """The rule's threshold for record `r`; `normals` at `quantile` (default: the
+  record's own `fit.quantile`, or the config default for records written before it was stored)."""
   name, spec = rule
   if name == "keep":
     return r["fitted"]
   if name == "normals":
     normal = [s for s, y in zip(r["line"], r["line_labels"]) if y == 0]
-    return calibration.conformal_threshold(np.asarray(normal), quantile)["value"]
+    q = quantile or r.get("quantile") or base.get_base_config().fit.quantile
+    return calibration.conformal_threshold(np.asarray(normal), q)["value"]
   rule_name, eps = spec
   return calibration.transfer_threshold(np.asarray(r["calibration"]), np.asarray(r["line"]),
                                         r["fitted"], eps, rule_name)["value"]

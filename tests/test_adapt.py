@@ -270,6 +270,26 @@ def test_prior_mix_of_batchnorm_statistics_is_schneider_eq3():
   np.testing.assert_allclose(same["bn"]["mean"], tgt["bn"]["mean"])
 
 
+def test_bn_statistics_of_each_mode():
+  src = {"b": {"bn": {"mean": jnp.array([0.0, 2.0]), "var": jnp.array([1.0, 1.0])}}}
+  tgt = {"b": {"bn": {"mean": jnp.array([4.0, 2.0]), "var": jnp.array([3.0, 5.0])}}}
+  pick = lambda mode, n=8, prior=24: adapt.bn_statistics(mode, src, tgt, n, prior)["b"]["bn"]
+  assert pick("source") is src["b"]["bn"] and pick("target_stats") is tgt["b"]["bn"]
+  # target_mean: the adaptation images' means, the source variances
+  np.testing.assert_array_equal(pick("target_mean")["mean"], [4.0, 2.0])
+  np.testing.assert_array_equal(pick("target_mean")["var"], [1.0, 1.0])
+  np.testing.assert_allclose(pick("prior")["var"], [1.5, 2.0])   # Eq. 3, w = 8 / 32
+  # a leading class axis with one image count per class: w = 8/32 and 24/48
+  stack = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)
+  mixed = adapt.bn_statistics("prior", stack(src), stack(tgt), np.array([8, 24]), 24)
+  np.testing.assert_allclose(mixed["b"]["bn"]["mean"], [[1.0, 2.0], [2.0, 2.0]])
+  with pytest.raises(ValueError, match="unknown BatchNorm mode 'target'"):
+    adapt.bn_statistics("target", src, tgt, 8, 24)
+  with pytest.raises(ValueError, match="neither a mean nor a var"):
+    adapt.bn_statistics("target_mean", {"bn": {"scale": jnp.ones(2)}},
+                        {"bn": {"scale": jnp.ones(2)}}, 8, 24)
+
+
 def test_pooled_chunk_statistics_equal_the_whole_set():
   # A layer whose input is the image itself: chunk moments pool exactly.
   def moments(_, x):
