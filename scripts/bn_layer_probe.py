@@ -6,7 +6,7 @@ costs ELPV poly 3.6 points under gaussian noise (docs/results.md). This runs
 selection of which running statistics come from the target images:
 
   all    every mean and variance (= bn_mode target_stats)
-  mean   target means, source variances
+  mean   target means, source variances (= bn_mode target_mean)
   var    source means, target variances
   early  the stem and blocks 0-2 (stages 1-2 of EfficientNet-Lite) only
   late   blocks 3 on only (from stage 3, the first tapped stage)
@@ -35,7 +35,7 @@ def _is_early(path) -> bool:
   m = re.search(r"_blocks_(\d+)", key)
   if m:
     return int(m.group(1)) < EARLY_BLOCKS
-  return "['_bn0']" in key and key.startswith("['_bn0']")   # the stem
+  return key.startswith("['_bn0']")   # the stem
 
 
 def select(variant: str):
