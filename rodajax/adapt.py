@@ -358,7 +358,8 @@ def mix_batch_stats(source_stats, target_stats, n_target, prior: float) -> Any:
   one per class `[C]` when the statistics carry a leading class axis. N = 0
   gives the target statistics; N -> inf the source ones.
   """
-  w = jnp.asarray(n_target, jnp.float32) / (jnp.asarray(n_target, jnp.float32) + prior)
+  n = jnp.asarray(n_target, jnp.float32)
+  w = n / (n + prior)
 
   def mix(s, t):
     wb = w.reshape(w.shape + (1,) * (s.ndim - w.ndim))

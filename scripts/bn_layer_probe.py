@@ -38,13 +38,12 @@ def _is_early(path) -> bool:
   return key.startswith("['_bn0']")   # the stem
 
 
+LIBRARY_MODES = {"all": "target_stats", "mean": "target_mean"}   # variants the library has
+
+
 def select(variant: str):
   def pick(path, s, t):
     key = jax.tree_util.keystr(path)
-    if variant == "all":
-      return t
-    if variant == "mean":
-      return t if key.endswith("['mean']") else s
     if variant == "var":
       return t if key.endswith("['var']") else s
     if variant == "early":
@@ -56,7 +55,9 @@ def select(variant: str):
     raise SystemExit(f"unknown variant {variant!r}: all | mean | var | early | late | minvar")
 
   def mix(source_stats, target_stats, n_target, prior):
-    del n_target, prior
+    if variant in LIBRARY_MODES:
+      return adapt.bn_statistics(LIBRARY_MODES[variant], source_stats, target_stats, n_target,
+                                 prior)
     return jax.tree_util.tree_map_with_path(pick, source_stats, target_stats)
   return mix
 
