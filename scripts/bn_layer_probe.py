@@ -13,6 +13,9 @@ selection of which running statistics come from the target images:
   minvar target means, and per channel the smaller of the source and target
          variances (undo a loss of scale, e.g. contrast; do not divide added
          variance, e.g. sensor noise, into the signal)
+  stemvar target statistics everywhere except the stem's variances (source):
+         additive sensor noise inflates the stem's variance most (the stem
+         log-variance ratio, scripts/bn_variance_ratio.py)
 
 Not a mode of the library: a measurement. Use one workdir per variant (record
 identities do not include it).
@@ -50,9 +53,12 @@ def select(variant: str):
       return t if _is_early(path) else s
     if variant == "late":
       return s if _is_early(path) else t
+    if variant == "stemvar":
+      stem_var = key.startswith("['_bn0']") and key.endswith("['var']")
+      return s if stem_var else t
     if variant == "minvar":
       return t if key.endswith("['mean']") else jax.numpy.minimum(s, t)
-    raise SystemExit(f"unknown variant {variant!r}: all | mean | var | early | late | minvar")
+    raise SystemExit(f"unknown variant {variant!r}: all | mean | var | early | late | minvar | stemvar")
 
   def mix(source_stats, target_stats, n_target, prior):
     if variant in LIBRARY_MODES:
