@@ -2,7 +2,7 @@
 # Every workdir behind docs/uda.md (issue 12), then its tables and figures. Each line is one
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
-# an interrupted script can simply be started again. About 4 h on 2 CPU cores.
+# an interrupted script can simply be started again. About 5 h on 2 CPU cores.
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
@@ -15,7 +15,7 @@ go t_refs_mmd pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --con
 go a_cluster_f pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=cluster_f
 go a_few_shot pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=few_shot
 go t_refs pacs --config.cache_dir=$R/cache --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=oracle,all_target
-go t_grl pacs --config.cache_dir=$R/cache --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+go t_grl pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 go a_meanshift pacs --config.cache_dir=$R/cache --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_elpv elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
 go t_elpv_mmd elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle,all_target

@@ -7,6 +7,7 @@ T "TABLE5" "=$R/t_main@source_only" "MMD, GMM (former default)=$R/a_gmm" "MMD, K
 T "TABLE3_MMD" "=$R/t_main@source_only" "MMD=$R/t_refs_mmd" "MMD=$R/a_cluster_f" "MMD=$R/t_mmd" "MMD, GMM=$R/a_gmm" "MMD=$R/a_few_shot" --methods source_only,all_target,cluster_f,cluster_psi,few_shot,oracle --seeds 0,1,2
 T "TABLE3_CON" "=$R/t_main@source_only" "contrastive=$R/t_refs" "contrastive=$R/t_main@cluster_psi" --seeds 0,1,2
 T "TABLE6" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi --seeds 0,1,2
+T "TABLE6_10" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi
 T "TABLE7" "K-means=$R/t_mmd" "GMM=$R/a_gmm" "MeanShift=$R/a_meanshift" --methods cluster_psi --seeds 0,1,2
 T "TABLE7_ELPV" "=$R/t_elpv@source_only" "K-means=$R/t_elpv_mmd@cluster_psi,all_target" "K-means, K=2=$R/e_k2" "GMM=$R/e_gmm" "MeanShift=$R/e_meanshift" --seeds 0,1,2
 T "TABLE7_ELPV_REV" "=$R/t_elpv_rev@source_only" "K-means=$R/t_elpv_rev_mmd@cluster_psi,all_target" "K-means, K=2=$R/e_k2_rev" "GMM=$R/e_gmm_rev" "MeanShift=$R/e_meanshift_rev" --seeds 0,1,2
