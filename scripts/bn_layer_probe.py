@@ -31,6 +31,7 @@ from experiments import cli, roda
 from rodajax import adapt
 
 EARLY_BLOCKS = 3   # blocks 0-2 are stages 1-2 of EfficientNet-Lite0..2
+STEM = "['_bn0']"   # the stem's BatchNorm (EfficientNet-Lite)
 
 
 def _is_early(path) -> bool:
@@ -38,7 +39,7 @@ def _is_early(path) -> bool:
   m = re.search(r"_blocks_(\d+)", key)
   if m:
     return int(m.group(1)) < EARLY_BLOCKS
-  return key.startswith("['_bn0']")   # the stem
+  return key.startswith(STEM)
 
 
 LIBRARY_MODES = {"all": "target_stats", "mean": "target_mean"}   # variants the library has
@@ -54,7 +55,7 @@ def select(variant: str):
     if variant == "late":
       return s if _is_early(path) else t
     if variant == "stemvar":
-      stem_var = key.startswith("['_bn0']") and key.endswith("['var']")
+      stem_var = key.startswith(STEM) and key.endswith("['var']")
       return s if stem_var else t
     if variant == "minvar":
       return t if key.endswith("['mean']") else jax.numpy.minimum(s, t)

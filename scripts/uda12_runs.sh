@@ -2,7 +2,7 @@
 # Every workdir behind docs/uda.md (issue 12), then its tables and figures. Each line is one
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
-# an interrupted script can simply be started again. About 5 h on 2 CPU cores.
+# an interrupted script can simply be started again. About 4.5 h on 2 CPU cores.
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
