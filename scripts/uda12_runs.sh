@@ -2,7 +2,8 @@
 # Every workdir behind docs/uda.md (issue 12), then its tables and figures. Each line is one
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
-# an interrupted script can simply be started again. About 4.5 h on 2 CPU cores.
+# an interrupted script can simply be started again. About 5 h on 2 CPU cores of November's
+# machine, about 16 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
@@ -16,17 +17,17 @@ go a_cluster_f pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --co
 go a_few_shot pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=few_shot
 go t_refs pacs --config.cache_dir=$R/cache --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=oracle,all_target
 go t_grl pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
-go a_meanshift pacs --config.cache_dir=$R/cache --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
+go a_meanshift pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_elpv elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
 go t_elpv_mmd elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle,all_target
-go e_k2 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
+go e_k2 elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go e_gmm elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go e_meanshift elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go t_elpv_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=source_only,cluster_psi,oracle,all_target
 go t_elpv_rev_mmd elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle,all_target
-go e_k2_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
+go e_k2_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go e_gmm_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
-go e_meanshift_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
+go e_meanshift_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
 go a_k2 pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go a_k4 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
 go a_k5 pacs --config.cache_dir=$R/cache --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
@@ -57,16 +58,16 @@ go far10_t005_l1 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon 
 go far10_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi
 go far10_t05_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi --config.uda.tau=0.5
 go far10_t05 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.tau=0.5
-go e_abl elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
-go e_k4 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
-go e_k5 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
-go e_k8 elpv --config.cache_dir=$R/cache_elpv --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
-go e_grl elpv --config.cache_dir=$R/cache_elpv --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
-go e_abl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
-go e_k4_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
-go e_k5_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
-go e_k8_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
-go e_grl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+go e_abl elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
+go e_k4 elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
+go e_k5 elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
+go e_k8 elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
+go e_grl elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+go e_abl_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.methods=cluster_f,few_shot
+go e_k4_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=4 --config.uda.methods=cluster_psi
+go e_k5_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=5 --config.uda.methods=cluster_psi
+go e_k8_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.cluster=kmeans --config.uda.clusters=8 --config.uda.methods=cluster_psi
+go e_grl_rev elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.data.source=poly --config.data.targets=mono --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 # the trimmed dominant set (the default since 2026-11-24; docs/uda.md, "Trimmed D")
 go a_trim pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_psi
 go e_trim elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_psi

@@ -9,6 +9,7 @@ T "TABLE3_CON" "=$R/t_main@source_only" "contrastive=$R/t_refs" "contrastive=$R/
 T "TABLE6" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi --seeds 0,1,2
 T "TABLE6_10" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi
 T "TABLE7" "K-means=$R/t_mmd" "GMM=$R/a_gmm" "MeanShift=$R/a_meanshift" --methods cluster_psi --seeds 0,1,2
+T "TABLE7_10" "K-means=$R/t_mmd" "GMM=$R/a_gmm" "MeanShift=$R/a_meanshift" --methods cluster_psi
 T "TABLE7_ELPV" "=$R/t_elpv@source_only" "K-means=$R/t_elpv_mmd@cluster_psi,all_target" "K-means, K=2=$R/e_k2" "GMM=$R/e_gmm" "MeanShift=$R/e_meanshift" --seeds 0,1,2
 T "TABLE7_ELPV_REV" "=$R/t_elpv_rev@source_only" "K-means=$R/t_elpv_rev_mmd@cluster_psi,all_target" "K-means, K=2=$R/e_k2_rev" "GMM=$R/e_gmm_rev" "MeanShift=$R/e_meanshift_rev" --seeds 0,1,2
 T "FIG4" "2=$R/a_k2" "3=$R/t_mmd" "4=$R/a_k4" "5=$R/a_k5" "8=$R/a_k8" --methods cluster_psi --seeds 0 --plot docs/figures/uda_k_sweep.png --xlabel "K (K-means clusters on psi; MMD; seed 0)"
@@ -20,6 +21,8 @@ T "ELPV" "contrastive=$R/t_elpv" "MMD=$R/t_elpv_mmd" "MMD, GMM (former default)=
 T "ELPV_REV" "contrastive=$R/t_elpv_rev" "MMD=$R/t_elpv_rev_mmd" "MMD, GMM (former default)=$R/e_gmm_rev"
 T "ELPV_ABL" "=$R/t_elpv@source_only" "MMD=$R/t_elpv_mmd@all_target,oracle" "MMD=$R/e_abl" "MMD, K=3=$R/t_elpv_mmd@cluster_psi" "MMD, K=2=$R/e_k2" "MMD, K=4=$R/e_k4" "MMD, K=5=$R/e_k5" "MMD, K=8=$R/e_k8" "MMD, GMM=$R/e_gmm" "contrastive=$R/t_elpv@cluster_psi,oracle" "GRL=$R/e_grl" --seeds 0,1,2
 T "ELPV_ABL_REV" "=$R/t_elpv_rev@source_only" "MMD=$R/t_elpv_rev_mmd@all_target,oracle" "MMD=$R/e_abl_rev" "MMD, K=3=$R/t_elpv_rev_mmd@cluster_psi" "MMD, K=2=$R/e_k2_rev" "MMD, K=4=$R/e_k4_rev" "MMD, K=5=$R/e_k5_rev" "MMD, K=8=$R/e_k8_rev" "MMD, GMM=$R/e_gmm_rev" "contrastive=$R/t_elpv_rev@cluster_psi,oracle" "GRL=$R/e_grl_rev" --seeds 0,1,2
+T "ELPV_ABL_10" "MMD=$R/e_abl" "MMD, K=2=$R/e_k2" "MMD, K=4=$R/e_k4" "MMD, K=5=$R/e_k5" "MMD, K=8=$R/e_k8" "MMD, MeanShift=$R/e_meanshift" "GRL=$R/e_grl"
+T "ELPV_ABL_REV_10" "MMD=$R/e_abl_rev" "MMD, K=2=$R/e_k2_rev" "MMD, K=4=$R/e_k4_rev" "MMD, K=5=$R/e_k5_rev" "MMD, K=8=$R/e_k8_rev" "MMD, MeanShift=$R/e_meanshift_rev" "GRL=$R/e_grl_rev"
 T "TRIMMED" "trimmed (default), MMD=$R/a_trim" --methods cluster_psi --seeds 0,1,2
 T "TRIMMED_ELPV" "trimmed, MMD=$R/e_trim" --seeds 0,1,2
 T "TRIMMED_ELPV_REV" "trimmed, MMD=$R/e_trim_rev" --seeds 0,1,2
