@@ -11,7 +11,8 @@ arg = "<dataset>[,<study>]":
            baselines clean + shifts x every method, seeds (0, 1, 2): the main results table
            severity  severities 1-5 of the shifts, none / bn_stats / roda (paper Fig. 5b)
            fraction  adaptation fractions 0.2 / 0.8 / 1.0 (transductive at 1.0)
-           ablation  sinkhorn / discrete / discrete_copy / roda / hungarian (paper Table 4)
+           ablation  clean + shifts x sinkhorn / discrete / discrete_copy / roda / hungarian, seeds
+                     (0, 1, 2) (paper Table 4)
            clean     PatchCore only: clean images, no adaptation
 The sweeps are the config's tuples (shift.corruptions x shift.severities x
 shift.seeds x shift.adapt_fractions x adapt.methods); every record of the
@@ -49,8 +50,8 @@ def study(c, name: str) -> None:
   elif name == "fraction":
     c.shift.corruptions, c.shift.adapt_fractions = SHIFTS, (0.2, 0.8, 1.0)
   elif name == "ablation":
-    c.shift.corruptions = SHIFTS
     c.adapt.methods = ("none", "sinkhorn", "discrete", "discrete_copy", "roda", "hungarian")
+    c.shift.seeds = (0, 1, 2)
   elif name == "clean":
     c.shift.corruptions, c.adapt.methods = ("clean",), ("none",)
 

@@ -2,6 +2,7 @@
 
   python scripts/roda_tables.py runs/main/*/results.json > tables.md
   python scripts/roda_tables.py --by run runs/bn_*/*/results.json   # a row per run folder
+  python scripts/roda_tables.py --summary runs/gate/*/results.json  # a row per method
 
 Per (dataset/category): a method x shift table of image AUROC (and pixel AUROC,
 AUPRO where masks exist), the clean column first, then the mean over the four
@@ -121,11 +122,50 @@ def safeguard(recs):
   return "\n".join(lines) + "\n"
 
 
+def summary(recs, metric="image_auroc"):
+  """One row per method: its mean over the four shifts per dataset (mean over seeds), the mean
+  of those, the (dataset, shift) cells more than a point below none's, and the largest clean
+  gap to none. Only seeds that every method of a dataset has are used, so the rows compare the
+  same splits."""
+  datasets = list(dict.fromkeys(f"{r['dataset']}/{r['category']}" for r in recs))
+  methods = [m for m in ORDER if any(r["method"] == m for r in recs)]
+  cell, seeds_of = {}, {}
+  for d in datasets:
+    mine = [r for r in recs if f"{r['dataset']}/{r['category']}" == d]
+    seeds_of[d] = sorted(set.intersection(*[{r["seed"] for r in mine if r["method"] == m}
+                                            for m in methods if any(r["method"] == m for r in mine)]))
+    for r in mine:
+      if r["seed"] in seeds_of[d] and r.get(metric) is not None:
+        cell.setdefault((d, r["method"], r["shift"]), {})[r["seed"]] = r[metric]
+  head = " | ".join(f"{d} (n = {len(seeds_of[d])})" for d in datasets)
+  lines = [f"{metric}, mean of the four shifts (mean over seeds):\n",
+           f"| method | {head} | mean | (data, shift) > 1 below none | worst clean gap to none |",
+           "|---|" + "---|" * (len(datasets) + 3)]
+  for m in methods:
+    per, harm, clean_gap = [], 0, None
+    for d in datasets:
+      means = [statistics.fmean(cell[(d, m, s)].values()) for s in SHIFTS if (d, m, s) in cell]
+      per.append(statistics.fmean(means) if len(means) == len(SHIFTS) else None)
+      for s in SHIFTS:
+        if (d, m, s) in cell and (d, "none", s) in cell:
+          harm += statistics.fmean(cell[(d, m, s)].values()) < statistics.fmean(cell[(d, "none", s)].values()) - 1
+      if (d, m, "clean") in cell and (d, "none", "clean") in cell:
+        g = statistics.fmean(cell[(d, m, "clean")].values()) - statistics.fmean(cell[(d, "none", "clean")].values())
+        clean_gap = g if clean_gap is None else min(clean_gap, g)
+    full = [v for v in per if v is not None]
+    lines.append(f"| {m} | " + " | ".join(fmt([v]) for v in per)
+                 + f" | {fmt([statistics.fmean(full)]) if len(full) == len(per) else '–'} | {harm}"
+                 + f" | {'–' if clean_gap is None else f'{clean_gap:+.2f}'} |")
+  return "\n".join(lines) + "\n"
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("files", nargs="+")
   ap.add_argument("--by", default=None)
   ap.add_argument("--diagnostics", action="store_true", help="plan diagnostics and safeguard")
+  ap.add_argument("--summary", action="store_true",
+                  help="one row per method: mean of shifts per dataset, harm count, clean gap")
   ap.add_argument("--seed", type=int, default=None, help="only the records of this seed")
   ap.add_argument("--split-bn", action="store_true",
                   help="name roda rows roda_<bn_mode> (to put runs with different BN modes side by side)")
@@ -151,6 +191,11 @@ def main():
     recs = keep
   if args.by:
     print(by_key(recs, args.by))
+    return
+  if args.summary:
+    for metric in ("image_auroc", "pixel_auroc"):
+      if any(r.get(metric) is not None for r in recs):
+        print(summary([r for r in recs if metric == "image_auroc" or r.get(metric) is not None], metric))
     return
   if args.diagnostics:
     print(diagnostics(recs))
