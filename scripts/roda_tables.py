@@ -137,25 +137,21 @@ def summary(recs, metric="image_auroc"):
     for r in mine:
       if r["seed"] in seeds_of[d] and r.get(metric) is not None:
         cell.setdefault((d, r["method"], r["shift"]), {})[r["seed"]] = r[metric]
+  mean = {k: statistics.fmean(v.values()) for k, v in cell.items()}
   head = " | ".join(f"{d} (n = {len(seeds_of[d])})" for d in datasets)
   lines = [f"{metric}, mean of the four shifts (mean over seeds):\n",
            f"| method | {head} | mean | (data, shift) > 1 below none | worst clean gap to none |",
            "|---|" + "---|" * (len(datasets) + 3)]
   for m in methods:
-    per, harm, clean_gap = [], 0, None
-    for d in datasets:
-      means = [statistics.fmean(cell[(d, m, s)].values()) for s in SHIFTS if (d, m, s) in cell]
-      per.append(statistics.fmean(means) if len(means) == len(SHIFTS) else None)
-      for s in SHIFTS:
-        if (d, m, s) in cell and (d, "none", s) in cell:
-          harm += statistics.fmean(cell[(d, m, s)].values()) < statistics.fmean(cell[(d, "none", s)].values()) - 1
-      if (d, m, "clean") in cell and (d, "none", "clean") in cell:
-        g = statistics.fmean(cell[(d, m, "clean")].values()) - statistics.fmean(cell[(d, "none", "clean")].values())
-        clean_gap = g if clean_gap is None else min(clean_gap, g)
-    full = [v for v in per if v is not None]
+    per = [statistics.fmean([mean[(d, m, s)] for s in SHIFTS])
+           if all((d, m, s) in mean for s in SHIFTS) else None for d in datasets]
+    harm = sum(mean[(d, m, s)] < mean[(d, "none", s)] - 1 for d in datasets for s in SHIFTS
+               if (d, m, s) in mean and (d, "none", s) in mean)
+    gaps = [mean[(d, m, "clean")] - mean[(d, "none", "clean")] for d in datasets
+            if (d, m, "clean") in mean and (d, "none", "clean") in mean]
     lines.append(f"| {m} | " + " | ".join(fmt([v]) for v in per)
-                 + f" | {fmt([statistics.fmean(full)]) if len(full) == len(per) else '–'} | {harm}"
-                 + f" | {'–' if clean_gap is None else f'{clean_gap:+.2f}'} |")
+                 + f" | {fmt([statistics.fmean(per)]) if None not in per else '–'} | {harm}"
+                 + f" | {f'{min(gaps):+.2f}' if gaps else '–'} |")
   return "\n".join(lines) + "\n"
 
 
