@@ -129,15 +129,14 @@ def summary(recs, metric="image_auroc"):
   same splits."""
   datasets = list(dict.fromkeys(f"{r['dataset']}/{r['category']}" for r in recs))
   methods = [m for m in ORDER if any(r["method"] == m for r in recs)]
-  cell, seeds_of = {}, {}
+  mean, seeds_of = {}, {}
   for d in datasets:
     mine = [r for r in recs if f"{r['dataset']}/{r['category']}" == d]
     seeds_of[d] = sorted(set.intersection(*[{r["seed"] for r in mine if r["method"] == m}
                                             for m in methods if any(r["method"] == m for r in mine)]))
-    for r in mine:
-      if r["seed"] in seeds_of[d] and r.get(metric) is not None:
-        cell.setdefault((d, r["method"], r["shift"]), {})[r["seed"]] = r[metric]
-  mean = {k: statistics.fmean(v.values()) for k, v in cell.items()}
+    kept = [r for r in mine if r["seed"] in seeds_of[d] and r.get(metric) is not None]
+    for (m, s), by_seed in cells(kept, metric).items():
+      mean[(d, m, s)] = statistics.fmean(by_seed.values())
   head = " | ".join(f"{d} (n = {len(seeds_of[d])})" for d in datasets)
   lines = [f"{metric}, mean of the four shifts (mean over seeds):\n",
            f"| method | {head} | mean | (data, shift) > 1 below none | worst clean gap to none |",
