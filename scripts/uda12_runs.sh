@@ -3,7 +3,7 @@
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
 # an interrupted script can simply be started again. About 5 h on 2 CPU cores of November's
-# machine, about 16 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
+# machine, about 17 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
@@ -13,7 +13,7 @@ go t_main pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignm
 go a_gmm pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.methods=cluster_psi --config.uda.cluster=gmm
 go t_mmd pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 go t_refs_mmd pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=all_target,oracle
-go a_cluster_f pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=cluster_f
+go a_cluster_f pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_f
 go a_few_shot pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=few_shot
 go t_refs pacs --config.cache_dir=$R/cache --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=oracle,all_target
 go t_grl pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
