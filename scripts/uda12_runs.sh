@@ -14,7 +14,7 @@ go a_gmm pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.methods
 go t_mmd pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 go t_refs_mmd pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=all_target,oracle
 go a_cluster_f pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=cluster_f
-go a_few_shot pacs --config.cache_dir=$R/cache --config.uda.cluster=kmeans --config.uda.methods=few_shot
+go a_few_shot pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=kmeans --config.uda.methods=few_shot
 go t_refs pacs --config.cache_dir=$R/cache --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=oracle,all_target
 go t_grl pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.alignment=adversarial --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
 go a_meanshift pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=meanshift --config.uda.methods=cluster_psi
