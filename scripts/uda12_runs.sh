@@ -3,7 +3,7 @@
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
 # an interrupted script can simply be started again. About 5 h on 2 CPU cores of November's
-# machine, about 17 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
+# machine, about 18 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
