@@ -5,7 +5,7 @@ R=${1:-runs/uda12}
 T() { echo; echo "### $1"; echo; echo '```'; echo "python -m experiments.uda_tables $(printf '"%s" ' "${@:2}")" | sed 's/ $//'; echo '```'; echo; python -m experiments.uda_tables "${@:2}" 2>/dev/null | tail -n +3; }
 T "TABLE5" "=$R/t_main@source_only" "MMD, GMM (former default)=$R/a_gmm" "MMD, K-means=$R/t_mmd" "contrastive, K-means=$R/t_main@cluster_psi"
 T "TABLE3_MMD" "=$R/t_main@source_only" "MMD=$R/t_refs_mmd" "MMD=$R/a_cluster_f" "MMD=$R/t_mmd" "MMD, GMM=$R/a_gmm" "MMD=$R/a_few_shot" --methods source_only,all_target,cluster_f,cluster_psi,few_shot,oracle --seeds 0,1,2
-T "TABLE3_10" "=$R/t_main@source_only" "MMD=$R/a_cluster_f" "MMD=$R/t_mmd" --methods source_only,cluster_f,cluster_psi
+T "TABLE3_10" "=$R/t_main@source_only" "MMD=$R/a_cluster_f" "MMD=$R/t_mmd" "MMD=$R/a_few_shot" --methods source_only,cluster_f,cluster_psi,few_shot
 T "TABLE3_CON" "=$R/t_main@source_only" "contrastive=$R/t_refs" "contrastive=$R/t_main@cluster_psi" --seeds 0,1,2
 T "TABLE6" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi --seeds 0,1,2
 T "TABLE6_10" "MMD=$R/t_mmd" "contrastive=$R/t_main" "GRL=$R/t_grl" --methods cluster_psi
