@@ -449,19 +449,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
 
 def table(records, row="method", col="target", value="auc") -> str:
   """Rows: methods; columns: targets; cells: mean +- std over classes and seeds (Table 5)."""
-  rows = list(dict.fromkeys(r[row] for r in records))
-  cols = list(dict.fromkeys(r[col] for r in records))
-  lines = [f"| {row} \\ {col} | " + " | ".join(cols) + " | mean |", "|" + "---|" * (len(cols) + 2)]
-  for rv in rows:
-    cells, means = [], []
-    for cv in cols:
-      v = [r[value] for r in records if r[row] == rv and r[col] == cv and r.get(value) is not None]
-      cells.append(f"{np.mean(v):.2f} ± {np.std(v):.2f} (n={len(v)})" if v else "–")
-      if v:
-        means.append(np.mean(v))
-    lines.append(f"| {rv} | " + " | ".join(cells) + f" | {np.mean(means):.2f} |" if means else
-                 f"| {rv} | " + " | ".join(cells) + " | – |")
-  return "\n".join(lines) + "\n"
+  return report.pivot(records, row, col, value)
 
 
 def _markdown(records) -> str:

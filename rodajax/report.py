@@ -116,17 +116,33 @@ def markdown_table(records: Sequence[dict], keys: Sequence[str] = RECORD_KEYS) -
 
 
 def pivot(records: Sequence[dict], row: str, col: str, value: str) -> str:
-  """A markdown table with one row per `row` value and one column per `col` value."""
+  """A markdown table with one row per `row` value and one column per `col` value.
+
+  Records that share a cell (several seeds) are averaged: the cell reads
+  "mean ± std (n=k)" (std over the records, ddof 0) where k > 1, the bare value
+  where k = 1. The last column is the mean of the row's cell means.
+  """
   rows = list(dict.fromkeys(r[row] for r in records))
   cols = list(dict.fromkeys(r[col] for r in records))
-  cell = {(r[row], r[col]): r.get(value) for r in records}
+  cell: dict = {}
+  for r in records:
+    if r.get(value) is not None:
+      cell.setdefault((r[row], r[col]), []).append(float(r[value]))
+
+  def fmt(vals):
+    if not vals:
+      return "–"
+    if len(vals) == 1:
+      return _fmt(vals[0])
+    return f"{np.mean(vals):.2f} ± {np.std(vals):.2f} (n={len(vals)})"
+
   lines = [f"| {row} \\ {col} | " + " | ".join(map(str, cols)) + " | mean |",
            "|" + "---|" * (len(cols) + 2)]
   for rv in rows:
-    vals = [cell.get((rv, c)) for c in cols]
-    num = [v for v in vals if v is not None]
-    mean = sum(num) / len(num) if num else None
-    lines.append(f"| {rv} | " + " | ".join(_fmt(v) for v in vals) + f" | {_fmt(mean)} |")
+    vals = [cell.get((rv, c), []) for c in cols]
+    means = [float(np.mean(v)) for v in vals if v]
+    mean = sum(means) / len(means) if means else None
+    lines.append(f"| {rv} | " + " | ".join(fmt(v) for v in vals) + f" | {_fmt(mean)} |")
   return "\n".join(lines) + "\n"
 
 
