@@ -71,6 +71,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # target_mean (their means, the source variances) |
+                                   # geometric (their means, sqrt(source x target variance)) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior);
                                    # docs/results.md "The shift gate" for the choice
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images

@@ -12,8 +12,9 @@ Per call of `run` (one method, one target domain):
    safeguard on, a held-out part (`adapt.holdout_fraction`).
 2. BatchNorm statistics (`adapt.bn_mode`, `adapt.bn_statistics`): kept
    (source), replaced by those of the training part (target_stats), its means
-   with the source variances (target_mean), mixed with an N-sample source prior
-   (prior, N = `adapt.bn_prior`).
+   with the source variances (target_mean) or with the geometric mean of the two
+   variances (geometric), mixed with an N-sample source prior (prior, N =
+   `adapt.bn_prior`).
 3. Algorithm 1: `adapt.epochs` passes over the training part in minibatches of
    `adapt.batch_images` (a shuffled order per pass; the last, short minibatch
    is filled with images from the start of the order so one compilation serves

@@ -26,7 +26,12 @@ BatchNorm statistics (`BN_MODES`), the same while adapting and at test time:
 the statistics of the adaptation images; "target_mean" takes the means from the
 adaptation images and keeps the source variances (beyond the paper; a shift of
 the activations is re-centred, added variance such as sensor noise is not
-normalised away); "prior" mixes the two with an N-sample source prior
+normalised away); "geometric" takes the target means and, per channel, the
+geometric mean sqrt(var_s var_t) of the two variances (beyond the paper: half
+way between target_stats and target_mean on the log-variance scale, in every
+layer: half of a loss of scale such as contrast is undone, half of added
+variance such as sensor noise is divided into the signal);
+"prior" mixes the two with an N-sample source prior
 (Schneider et al., NeurIPS 2020, Eq. 3):
 mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance.
 """
@@ -56,7 +61,7 @@ METHODS = {
     "roda": ("discrete", None, "dihedral"),
 }
 
-BN_MODES = ("source", "target_stats", "target_mean", "prior")
+BN_MODES = ("source", "target_stats", "target_mean", "geometric", "prior")
 # The keys of `holdout_criterion`: the last two only with synthetic defects (z_pseudo).
 HOLDOUT_CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
 
@@ -379,13 +384,15 @@ def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float)
     return source_stats
   if mode == "target_stats":
     return target_stats
-  if mode == "target_mean":
+  if mode in ("target_mean", "geometric"):
     def pick(path, s, t):
       name = getattr(path[-1], "key", None)
       if name not in ("mean", "var"):
         raise ValueError(f"batch_stats leaf {jax.tree_util.keystr(path)} is neither a mean "
                          "nor a var")
-      return t if name == "mean" else s
+      if name == "mean":
+        return t
+      return s if mode == "target_mean" else jnp.sqrt(s * t)
     return jax.tree_util.tree_map_with_path(pick, source_stats, target_stats)
   if mode == "prior":
     return mix_batch_stats(source_stats, target_stats, n_target, prior)

@@ -16,6 +16,8 @@ selection of which running statistics come from the target images:
   stemvar target statistics everywhere except the stem's variances (source):
          additive sensor noise inflates the stem's variance most (the stem
          log-variance ratio, scripts/bn_variance_ratio.py)
+  geovar target means, and per channel the geometric mean sqrt(var_s var_t) of
+         the two variances, in every layer (= bn_mode geometric)
 
 Not a mode of the library: a measurement. Use one workdir per variant (record
 identities do not include it).
@@ -42,7 +44,8 @@ def _is_early(path) -> bool:
   return key.startswith(STEM)
 
 
-LIBRARY_MODES = {"all": "target_stats", "mean": "target_mean"}   # variants the library has
+# variants the library has (bn_mode)
+LIBRARY_MODES = {"all": "target_stats", "mean": "target_mean", "geovar": "geometric"}
 
 
 def select(variant: str):
@@ -59,7 +62,8 @@ def select(variant: str):
       return s if stem_var else t
     if variant == "minvar":
       return t if key.endswith("['mean']") else jax.numpy.minimum(s, t)
-    raise SystemExit(f"unknown variant {variant!r}: all | mean | var | early | late | minvar | stemvar")
+    raise SystemExit(f"unknown variant {variant!r}: all | mean | var | early | late | minvar | "
+                     "stemvar | geovar")
 
   def mix(source_stats, target_stats, n_target, prior):
     if variant in LIBRARY_MODES:

@@ -278,6 +278,9 @@ def test_bn_statistics_of_each_mode():
   # target_mean: the adaptation images' means, the source variances
   np.testing.assert_array_equal(pick("target_mean")["mean"], [4.0, 2.0])
   np.testing.assert_array_equal(pick("target_mean")["var"], [1.0, 1.0])
+  # geometric: the target means, sqrt(var_s var_t) = sqrt(1 x 3), sqrt(1 x 5)
+  np.testing.assert_array_equal(pick("geometric")["mean"], [4.0, 2.0])
+  np.testing.assert_allclose(pick("geometric")["var"], [3.0 ** 0.5, 5.0 ** 0.5], rtol=1e-6)
   np.testing.assert_allclose(pick("prior")["var"], [1.5, 2.0])   # Eq. 3, w = 8 / 32
   # a leading class axis with one image count per class: w = 8/32 and 24/48
   stack = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)
