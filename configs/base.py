@@ -68,13 +68,18 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # loop to float rounding, one compilation for all categories
   c.adapt.class_batch = "auto"     # classes per vmapped group: 0 = all at once (accelerators),
                                    # k = groups of k in sequence (lax.map); auto: 1 on CPU
-  c.adapt.bn_mode = "target_stats"  # BN statistics while adapting and testing: source |
+  c.adapt.bn_mode = "routed"       # BN statistics while adapting and testing: source |
                                    # target_stats (re-estimated on the adaptation images) |
                                    # target_mean (their means, the source variances) |
                                    # geometric (their means, sqrt(source x target variance)) |
+                                   # routed (geometric where the stem's variance flags noise,
+                                   # target_stats elsewhere; noise_ratio) |
                                    # prior (mixed with an N-sample source prior, N = bn_prior);
-                                   # docs/results.md "The shift gate" for the choice
+                                   # docs/results.md "Shipped since 2026-12-05" for the choice
   c.adapt.bn_prior = 16            # N of the prior mode (Schneider et al. 2020), in images
+  c.adapt.noise_ratio = 1.2        # routed: geometric where the stem BatchNorm's mean log
+                                   # variance ratio (adaptation images / source) exceeds this
+                                   # (dev sets: 1.62-2.35 under gaussian noise, <= 0.75 otherwise)
   c.adapt.stats_batch = 64         # images per forward when estimating target BN statistics
                                    # (exact when all adaptation images fit in one)
   c.adapt.epochs = 1               # passes over the adaptation images (Alg. 1: one)

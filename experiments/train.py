@@ -102,6 +102,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
+  if not np.isfinite(float(config.adapt.get("noise_ratio", 1.2))):
+    raise ConfigError(f"config.adapt.noise_ratio={config.adapt.noise_ratio} must be a finite "
+                      "number (the stem log variance ratio above which bn_mode=routed takes "
+                      "geometric statistics, e.g. 1.2)")
   if config.adapt.get("gate_statistic", "nn_median") not in adapt.GATE_STATISTICS:
     raise ConfigError(f"config.adapt.gate_statistic={config.adapt.gate_statistic!r}; use "
                       f"{' or '.join(adapt.GATE_STATISTICS)}")

@@ -40,7 +40,7 @@ import numpy as np
 from experiments import cli, loops
 from flax import traverse_util
 
-from rodajax import adapt, augment, features, scoring
+from rodajax import adapt, augment, backbones, features, scoring
 
 SAFEGUARD_CANDIDATES = ("last", "steps")   # adapt.safeguard_candidates, see `guarded`
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
@@ -188,6 +188,28 @@ def gate_info(fns: Functions, cfg_adapt, variables: dict, source: adapt.Source,
   return {"statistic": cfg_adapt.get("gate_statistic", "nn_median"), "threshold": threshold,
           "reference": float(reference), "value": float(value),
           "ratio": float(g["ratio"]), "shifted": bool(g["shifted"]), "n_images": len(images)}
+
+
+def chosen_statistics(mode: str, source_stats, t_stats, n_target, cfg_adapt):
+  """`(batch_stats, record)`: `adapt.bn_statistics` for `mode`, and what it chose.
+
+  The record holds `bn_stats_used` (the mode; for "routed", "geometric" or
+  "target_stats" per split, a list per class with a class axis) and, for
+  "routed", the stem's log variance ratio it decided on (`stem_log_var_ratio`).
+  """
+  if mode != "routed":
+    return adapt.bn_statistics(mode, source_stats, t_stats, n_target, cfg_adapt.bn_prior), {
+        "bn_stats_used": mode}
+  stem = backbones.stem_batchnorm(source_stats)
+  threshold = float(cfg_adapt.get("noise_ratio", 1.2))   # models fitted before it existed
+  stats = adapt.bn_statistics(mode, source_stats, t_stats, n_target, cfg_adapt.bn_prior,
+                              stem=stem, noise_ratio=threshold)
+  ratio = np.asarray(adapt.stem_log_var_ratio(source_stats, t_stats, stem))
+  used = np.where(ratio > threshold, "geometric", "target_stats")
+  if ratio.ndim == 0:
+    return stats, {"bn_stats_used": str(used), "stem_log_var_ratio": float(ratio)}
+  return stats, {"bn_stats_used": [str(u) for u in used],
+                 "stem_log_var_ratio": [float(r) for r in ratio]}
 
 
 def target_statistics(moments: Callable, variables, images: np.ndarray, batch: int,
@@ -403,8 +425,10 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   if method == "bn_stats" or mode != "source":
     t_stats = target_statistics(fns.moments, variables, train, cfg_adapt.stats_batch)
     mode = "target_stats" if method == "bn_stats" else mode
-    stats = adapt.bn_statistics(mode, source_stats, t_stats, len(train), cfg_adapt.bn_prior)
-  info["bn_stats_used"] = mode
+    stats, used = chosen_statistics(mode, source_stats, t_stats, len(train), cfg_adapt)
+    info.update(used)
+  else:
+    info["bn_stats_used"] = mode
   start = {"params": variables["params"], "batch_stats": stats}
 
   # Candidates keep only their BatchNorm affine parameters (the rest never changes):
@@ -562,10 +586,13 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
                                          v0, t, cfg_adapt.stats_batch)
                        for i, t in enumerate(train)])
     mode = "target_stats" if method == "bn_stats" else mode
-    stats = adapt.bn_statistics(mode, source_stats, t_stats, np.asarray(n_train),
-                                cfg_adapt.bn_prior)   # prior: Eq. 3's weight per class
-  for info in infos:
-    info["bn_stats_used"] = mode
+    # prior: Eq. 3's weight per class; routed: a choice per class
+    stats, used = chosen_statistics(mode, source_stats, t_stats, np.asarray(n_train), cfg_adapt)
+    for i, info in enumerate(infos):
+      info.update({k: v[i] if isinstance(v, list) else v for k, v in used.items()})
+  else:
+    for info in infos:
+      info["bn_stats_used"] = mode
   candidates = [adapt.split_bn(v0["params"])[0]]
   orders = [[]] * c
   if fns.step is not None:

@@ -30,8 +30,10 @@ normalised away); "geometric" takes the target means and, per channel, the
 geometric mean sqrt(var_s var_t) of the two variances (beyond the paper: half
 way between target_stats and target_mean on the log-variance scale, in every
 layer: half of a loss of scale such as contrast is undone, half of added
-variance such as sensor noise is divided into the signal);
-"prior" mixes the two with an N-sample source prior
+variance such as sensor noise is divided into the signal); "routed" takes
+"geometric" where the stem BatchNorm's log variance ratio (`stem_log_var_ratio`)
+exceeds a threshold (added noise: it inflates the first layer's variance) and
+"target_stats" elsewhere (beyond the paper; docs/results.md); "prior" mixes the two with an N-sample source prior
 (Schneider et al., NeurIPS 2020, Eq. 3):
 mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance.
 """
@@ -61,7 +63,7 @@ METHODS = {
     "roda": ("discrete", None, "dihedral"),
 }
 
-BN_MODES = ("source", "target_stats", "target_mean", "geometric", "prior")
+BN_MODES = ("source", "target_stats", "target_mean", "geometric", "routed", "prior")
 # The keys of `holdout_criterion`: the last two only with synthetic defects (z_pseudo).
 HOLDOUT_CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
 
@@ -372,13 +374,39 @@ def mix_batch_stats(source_stats, target_stats, n_target, prior: float) -> Any:
   return jax.tree.map(mix, source_stats, target_stats)
 
 
-def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float) -> Any:
+def stem_log_var_ratio(source_stats, target_stats, stem: str) -> jax.Array:
+  """Mean over channels of log(var_target / var_source) at BatchNorm `stem`: `[]`, or `[K]`.
+
+  `stem` names the first BatchNorm of the network in `batch_stats` (e.g. "_bn0",
+  `backbones.stem_batchnorm`); with a leading class axis (`[K, C]` leaves) one
+  ratio per class. Channels with a zero source variance are left out. Additive
+  sensor noise raises it (1.62-2.35 on the dev sets at gaussian noise severity
+  5); blur, brightness and contrast lower it or leave it (at most 0.75, clean
+  splits included; docs/results.md).
+  """
+  for name, stats in (("source", source_stats), ("target", target_stats)):
+    if stem not in stats or "var" not in stats[stem]:
+      raise ValueError(f"{name} batch_stats have no BatchNorm {stem!r} with a 'var' "
+                       f"(layers: {', '.join(sorted(stats)[:8])}, ...)")
+  s, t = source_stats[stem]["var"], target_stats[stem]["var"]
+  chex.assert_equal_shape([s, t])
+  # Channels the source never activates (running variance 0: 4 of EfficientNet-Lite0's 32
+  # stem channels) are left out; their target variance is float round-off.
+  live = s > 0
+  r = jnp.log(jnp.maximum(t, 1e-12)) - jnp.log(jnp.where(live, s, 1.0))
+  return jnp.sum(jnp.where(live, r, 0.0), axis=-1) / jnp.maximum(jnp.sum(live, axis=-1), 1)
+
+
+def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float, *,
+                  stem: str | None = None, noise_ratio: float = 1.2) -> Any:
   """The BatchNorm running statistics a `BN_MODES` mode tests and adapts with.
 
   `source_stats`, `target_stats`: Flax `batch_stats` trees (`{..: {"mean", "var"}}`,
   `[C]` per layer, or `[K, C]` with a leading class axis); `n_target`: the
   number of adaptation images behind `target_stats` (per class `[K]` with a
-  class axis; only "prior" uses it, with `prior` = N images).
+  class axis; only "prior" uses it, with `prior` = N images). "routed" needs
+  `stem` (the first BatchNorm's name) and takes "geometric" where
+  `stem_log_var_ratio > noise_ratio`, per class with a class axis.
   """
   if mode == "source":
     return source_stats
@@ -394,6 +422,15 @@ def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float)
         return t
       return s if mode == "target_mean" else jnp.sqrt(s * t)
     return jax.tree_util.tree_map_with_path(pick, source_stats, target_stats)
+  if mode == "routed":
+    if stem is None:
+      raise ValueError("bn_mode 'routed' needs the stem BatchNorm's name (stem=...)")
+    noisy = stem_log_var_ratio(source_stats, target_stats, stem) > noise_ratio
+    geo = bn_statistics("geometric", source_stats, target_stats, n_target, prior)
+
+    def route(g, t):
+      return jnp.where(noisy.reshape(noisy.shape + (1,) * (t.ndim - noisy.ndim)), g, t)
+    return jax.tree.map(route, geo, target_stats)
   if mode == "prior":
     return mix_batch_stats(source_stats, target_stats, n_target, prior)
   raise ValueError(f"unknown BatchNorm mode {mode!r}; use one of {', '.join(BN_MODES)}")

@@ -6,7 +6,8 @@ For each (dataset, shift at severity 5, seed) the adaptation split of `experimen
 `bn_mode=target_stats` does (`tta.target_statistics`, source model), and the log ratio
 log(var_target / var_source) is averaged per layer. Printed: the mean over every channel of
 every layer, and the stem's (the first BatchNorm) minus its value on the clean splits of the
-same dataset.
+same dataset; then per split the stem ratio `bn_mode=routed` decides on
+(`adapt.stem_log_var_ratio`: live channels only), its range over seeds.
 
   python scripts/bn_variance_ratio.py [--out runs/bn_variance_ratio.json] [bottle tire mono poly]
 """
@@ -20,11 +21,12 @@ import numpy as np
 
 from configs import elpv, mvtec
 from experiments import train, tta
-from rodajax import data
+from rodajax import adapt, data
 from rodajax.report import atomic_write
 
 SHIFTS = ("clean", "gaussian_noise", "defocus_blur", "brightness", "contrast")
 STEM = "['_bn0']['var']"   # EfficientNet-Lite's first BatchNorm
+ROUTED = "stem_log_var_ratio"   # what bn_mode=routed decides on (live channels only)
 
 
 def config_of(name: str):
@@ -73,21 +75,30 @@ def main():
         idx, _ = train.target_split(len(ds.test), c.shift.adapt_fraction, seed)
         t = tta.target_statistics(fns.moments, variables, x[idx], c.adapt.stats_batch)
         out[key] = log_ratios(variables["batch_stats"], t)
+        out[key][ROUTED] = float(adapt.stem_log_var_ratio(variables["batch_stats"], t, "_bn0"))
       atomic_write(a.out, json.dumps(out))
   by = collections.defaultdict(list)
   for key, r in out.items():
     name, shift, _ = key.split("/")
-    m, n = np.asarray([v[0] for v in r.values()]), np.asarray([v[1] for v in r.values()])
-    by[name, shift].append((float(np.sum(m * n) / np.sum(n)), r[STEM][0]))
+    layers = [v for k, v in r.items() if k != ROUTED]
+    m, n = np.asarray([v[0] for v in layers]), np.asarray([v[1] for v in layers])
+    by[name, shift].append((float(np.sum(m * n) / np.sum(n)), r[STEM][0], r.get(ROUTED)))
   print("| data | shift | n | mean log var ratio, every channel | stem: minus the clean splits' |")
   print("|---|---|---|---|---|")
   for name in a.datasets:
-    clean = np.mean([s for _, s in by[name, "clean"]]) if by[name, "clean"] else np.nan
+    clean = np.mean([s for _, s, _ in by[name, "clean"]]) if by[name, "clean"] else np.nan
     for shift in SHIFTS:
       v = by[name, shift]
       if v:
-        print(f"| {name} | {shift} | {len(v)} | {np.mean([g for g, _ in v]):+.3f} | "
-              f"{np.mean([s for _, s in v]) - clean:+.2f} |")
+        print(f"| {name} | {shift} | {len(v)} | {np.mean([g for g, _, _ in v]):+.3f} | "
+              f"{np.mean([s for _, s, _ in v]) - clean:+.2f} |")
+  print(f"\n| data | shift | n | {ROUTED} (adapt.stem_log_var_ratio): min | max |")
+  print("|---|---|---|---|---|")
+  for name in a.datasets:
+    for shift in SHIFTS:
+      v = [x for _, _, x in by[name, shift] if x is not None]
+      if v:
+        print(f"| {name} | {shift} | {len(v)} | {min(v):+.2f} | {max(v):+.2f} |")
 
 
 if __name__ == "__main__":

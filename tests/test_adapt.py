@@ -115,14 +115,14 @@ def test_gate_statistic_is_the_median_patch_distance_to_the_bank():
 
 
 def _gated(s):
-  """The shipped defaults (gate on, target statistics, no held-out safeguard), the fixture's
+  """The shipped defaults (gate on, routed statistics, no held-out safeguard), the fixture's
   sizes; the gate's reference from 2 of the 12 training images held out of a bank of the
   other 10 (`train.calibration_split` + `train.reference_statistic`, as the experiments do)."""
   cfg = base.get_base_config()
   cfg.data.crop, cfg.batch_size = S, 8
   cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
-  assert cfg.adapt.gate > 0 and not cfg.adapt.safeguard and cfg.adapt.bn_mode == "target_stats"
+  assert cfg.adapt.gate > 0 and not cfg.adapt.safeguard and cfg.adapt.bn_mode == "routed"
   keep, held = train.calibration_split(len(s["train_feats"]), cfg.fit.calibration_fraction, 0)
   cal = patchcore.fit_memory_bank(s["train_feats"][keep], jax.random.key(0), ratio=0.5,
                                   proj_dim=None)
@@ -144,7 +144,9 @@ def test_shift_gate_keeps_the_source_model_on_clean_targets_and_adapts_shifted_o
   target = loops.corrupt("contrast", s["clean_target"], 5, jax.random.key(2), 8)
   kept, last, info = run(target)
   assert info["gate"]["shifted"] and info["gate"]["ratio"] >= 1.25
+  # routed: contrast lowers the stem's variance, so the target statistics are taken
   assert info["steps"] == math.ceil(len(target) / 4) and info["bn_stats_used"] == "target_stats"
+  assert info["stem_log_var_ratio"] < cfg.adapt.noise_ratio
   none = metrics.auroc(s["labels"], _scores(s, s["variables"], test))
   assert metrics.auroc(s["labels"], _scores(s, kept, test)) > none + 25
   with pytest.raises(cli.UserError, match="config.adapt.gate=1.25 needs the clean reference"):
@@ -291,6 +293,57 @@ def test_bn_statistics_of_each_mode():
   with pytest.raises(ValueError, match="neither a mean nor a var"):
     adapt.bn_statistics("target_mean", {"bn": {"scale": jnp.ones(2)}},
                         {"bn": {"scale": jnp.ones(2)}}, 8, 24)
+
+
+def test_routed_statistics_take_geometric_where_the_stem_variance_rises():
+  e = float(np.e)
+  src = {"_bn0": {"mean": jnp.zeros(2), "var": jnp.ones(2)},
+         "b": {"mean": jnp.zeros(2), "var": jnp.array([4.0, 1.0])}}
+  # stem ratio mean(log(e^2 / 1), log(e^2 / 1)) = 2 (noise-like); 0.5 otherwise
+  noisy = {"_bn0": {"mean": jnp.ones(2), "var": jnp.full(2, e ** 2)},
+           "b": {"mean": jnp.ones(2), "var": jnp.array([1.0, 9.0])}}
+  quiet = {"_bn0": {"mean": jnp.ones(2), "var": jnp.array([e ** 0.25, e ** 0.75])},
+           "b": {"mean": jnp.ones(2), "var": jnp.array([1.0, 9.0])}}
+  np.testing.assert_allclose(adapt.stem_log_var_ratio(src, noisy, "_bn0"), 2.0, rtol=1e-6)
+  np.testing.assert_allclose(adapt.stem_log_var_ratio(src, quiet, "_bn0"), 0.5, rtol=1e-6)
+  routed = adapt.bn_statistics("routed", src, noisy, 8, 16, stem="_bn0", noise_ratio=1.0)
+  # geometric in every layer: target means, sqrt(var_s var_t)
+  np.testing.assert_allclose(routed["b"]["var"], [2.0, 3.0], rtol=1e-6)
+  np.testing.assert_allclose(routed["_bn0"]["var"], [e, e], rtol=1e-6)
+  np.testing.assert_array_equal(routed["b"]["mean"], [1.0, 1.0])
+  kept = adapt.bn_statistics("routed", src, quiet, 8, 16, stem="_bn0", noise_ratio=1.0)
+  jax.tree.map(np.testing.assert_array_equal, kept, quiet)        # = target_stats
+  # the threshold decides: above the ratio, target statistics even for the noisy split
+  high = adapt.bn_statistics("routed", src, noisy, 8, 16, stem="_bn0", noise_ratio=2.5)
+  jax.tree.map(np.testing.assert_array_equal, high, noisy)
+  # a class axis: one decision per class ([noisy, quiet])
+  stack = lambda *ts: jax.tree.map(lambda *a: jnp.stack(a), *ts)
+  per = adapt.bn_statistics("routed", stack(src, src), stack(noisy, quiet), np.array([8, 8]), 16,
+                            stem="_bn0", noise_ratio=1.0)
+  np.testing.assert_allclose(per["b"]["var"], [[2.0, 3.0], [1.0, 9.0]], rtol=1e-6)
+  # a channel the source never activates (running variance 0) is left out of the mean
+  dead = {"_bn0": {"mean": jnp.zeros(2), "var": jnp.array([0.0, 1.0])}}
+  odd = {"_bn0": {"mean": jnp.zeros(2), "var": jnp.array([1e-9, e ** 2])}}
+  np.testing.assert_allclose(adapt.stem_log_var_ratio(dead, odd, "_bn0"), 2.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="needs the stem"):
+    adapt.bn_statistics("routed", src, noisy, 8, 16)
+  with pytest.raises(ValueError, match="no BatchNorm 'bn1'"):
+    adapt.stem_log_var_ratio(src, noisy, "bn1")
+
+
+def test_stem_batchnorm_is_the_first_layer_of_each_backbone():
+  # The stem convolution's width: 32 channels (EfficientNet-Lite0), 64 (ResNet-18); PointNet's
+  # first per-point layer has 64.
+  for name, stem, width, shape in (("efficientnet_lite0", "_bn0", 32, (1, 32, 32, 3)),
+                                   ("resnet18", "bn1", 64, (1, 32, 32, 3)),
+                                   ("pointnet", "bn1", 64, (1, 16, 3))):
+    module = backbones.build(name)
+    stats = jax.eval_shape(lambda x, m=module: m.init(jax.random.key(0), x),
+                           jnp.zeros(shape))["batch_stats"]
+    assert backbones.stem_batchnorm(stats) == stem
+    assert stats[stem]["var"].shape == (width,), name
+  with pytest.raises(ValueError, match="no stem BatchNorm"):
+    backbones.stem_batchnorm({"layer1": {}})
 
 
 def test_pooled_chunk_statistics_equal_the_whole_set():

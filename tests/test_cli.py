@@ -97,7 +97,7 @@ def test_help_lists_config_keys_with_defaults_and_meanings_and_exits_0(capsys):
   assert "--workdir" in out
   assert "adapt.lr = 0.003  # Adam on BN scale/bias" in out
   # A comment continued on the next line is joined.
-  assert ("adapt.bn_mode = 'target_stats'  # BN statistics while adapting and testing: source |"
+  assert ("adapt.bn_mode = 'routed'  # BN statistics while adapting and testing: source |"
           in out)
   assert "fit.quantile = 0.99" in out
   code, out, _ = run(adapt_cmd, ["-h"], capsys)

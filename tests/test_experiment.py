@@ -256,6 +256,29 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
       assert b["vmap_classes"] == 2
 
 
+def test_routed_statistics_in_the_loop_and_vmapped(tmp_path):
+  """bn_mode=routed: gaussian noise raises the stem's variance (geometric statistics), contrast
+  lowers it (target statistics); the vmapped pass decides per category as the loop does."""
+  write_mvtec(tmp_path / "data", "widget", n_train=6, n_good=6, n_bad=6, size=64, seed=0)
+  write_mvtec(tmp_path / "data", "gadget", n_train=6, n_good=6, n_bad=6, size=64, seed=1)
+  kw = dict(shift__corruptions="gaussian_noise,contrast", adapt__methods="roda",
+            shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=32,
+            adapt__bank_patches=32, data__categories="widget,gadget",
+            bank_dir=str(tmp_path / "banks"), adapt__gate=0.0, adapt__bn_mode="routed")
+  loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
+  vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
+                                str(tmp_path / "vmap"))
+  key = lambda r: (r["category"], r["shift"])
+  loop, vm = sorted(loop, key=key), sorted(vm, key=key)
+  assert [key(r) for r in loop] == [key(r) for r in vm] and len(loop) == 4
+  for a, b in zip(loop, vm):
+    want = "geometric" if a["shift"] == "gaussian_noise" else "target_stats"
+    assert a["bn_stats_used"] == b["bn_stats_used"] == want, key(a)
+    assert (a["stem_log_var_ratio"] > 1.2) == (a["shift"] == "gaussian_noise")
+    assert abs(a["stem_log_var_ratio"] - b["stem_log_var_ratio"]) < 1e-4
+    assert a["image_auroc"] == b["image_auroc"], key(a)
+
+
 def test_shift_gate_in_the_experiment_loop_and_vmapped(tmp_path):
   """The shipped defaults: clean targets keep the source model (records equal none's), a
   contrast shift is adapted; the gate's reference is cached next to the bank; the vmapped pass

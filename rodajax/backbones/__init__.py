@@ -36,7 +36,8 @@ from rodajax.backbones.pointnet import PointNet
 from rodajax.backbones.resnet import RESNET_SPECS, ResNet
 
 __all__ = ["create", "names", "CheckpointError", "load_state_dict", "torch_to_flax",
-           "flax_to_torch", "torch_shapes", "DEFAULT_TAPS", "TORCHVISION_FILES", "EfficientNetLite", "ResNet"]
+           "flax_to_torch", "torch_shapes", "DEFAULT_TAPS", "TORCHVISION_FILES", "EfficientNetLite", "ResNet",
+           "stem_batchnorm"]
 
 # The default PatchCore taps per backbone: mid-level maps at stride 8 and 16.
 DEFAULT_TAPS = {
@@ -60,6 +61,20 @@ TORCHVISION_FILES = {
 }
 
 _ALIASES = {n.replace("_", "-"): n for n in DEFAULT_TAPS}
+
+# The first BatchNorm of each architecture, by its top-level name in `batch_stats`:
+# EfficientNet-Lite's stem ("_bn0"; its "_bn1" is the head's), the ResNets' stem
+# and PointNet's first per-point layer ("bn1").
+STEM_BATCHNORMS = ("_bn0", "bn1")
+
+
+def stem_batchnorm(batch_stats) -> str:
+  """The name of the network's first BatchNorm in a backbone's `batch_stats` tree."""
+  for name in STEM_BATCHNORMS:
+    if name in batch_stats:
+      return name
+  raise ValueError(f"no stem BatchNorm ({' or '.join(STEM_BATCHNORMS)}) among the top-level "
+                   f"batch_stats {', '.join(sorted(batch_stats)[:8])}: not a rodajax backbone")
 
 
 def names() -> list[str]:
