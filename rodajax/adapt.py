@@ -30,11 +30,12 @@ normalised away); "geometric" takes the target means and, per channel, the
 geometric mean sqrt(var_s var_t) of the two variances (beyond the paper: half
 way between target_stats and target_mean on the log-variance scale, in every
 layer: half of a loss of scale such as contrast is undone, half of added
-variance such as sensor noise is divided into the signal); "routed" takes
-"geometric" where the stem BatchNorm's log variance ratio (`stem_log_var_ratio`)
-exceeds a threshold (added noise: it inflates the first layer's variance) and
-"target_stats" elsewhere (beyond the paper; docs/results.md); "prior" mixes the two with an N-sample source prior
-(Schneider et al., NeurIPS 2020, Eq. 3):
+variance such as sensor noise is divided into the signal); "routed" (the
+default) takes "geometric" where the stem BatchNorm's log variance ratio
+(`stem_log_var_ratio`) exceeds a threshold (added noise: it inflates the first
+layer's variance) and "target_stats" elsewhere (beyond the paper;
+docs/results.md); "prior" mixes source and target statistics with an N-sample
+source prior (Schneider et al., NeurIPS 2020, Eq. 3):
 mu = N / (N + n) mu_s + n / (N + n) mu_t, likewise for the variance.
 """
 from __future__ import annotations
