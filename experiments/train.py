@@ -102,7 +102,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if config.adapt.bn_mode not in adapt.BN_MODES:
     raise ConfigError(f"config.adapt.bn_mode={config.adapt.bn_mode!r}; use one of "
                       f"{', '.join(adapt.BN_MODES)}")
-  if not np.isfinite(float(config.adapt.get("noise_ratio", 1.2))):
+  if not np.isfinite(float(config.adapt.get("noise_ratio", adapt.NOISE_RATIO))):
     raise ConfigError(f"config.adapt.noise_ratio={config.adapt.noise_ratio} must be a finite "
                       "number (the stem log variance ratio above which bn_mode=routed takes "
                       "geometric statistics, e.g. 1.2)")

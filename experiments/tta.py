@@ -201,7 +201,8 @@ def chosen_statistics(mode: str, source_stats, t_stats, n_target, cfg_adapt):
     return adapt.bn_statistics(mode, source_stats, t_stats, n_target, cfg_adapt.bn_prior), {
         "bn_stats_used": mode}
   stem = backbones.stem_batchnorm(source_stats)
-  threshold = float(cfg_adapt.get("noise_ratio", 1.2))   # models fitted before it existed
+  # models fitted before the setting existed have no noise_ratio
+  threshold = float(cfg_adapt.get("noise_ratio", adapt.NOISE_RATIO))
   stats = adapt.bn_statistics(mode, source_stats, t_stats, n_target, cfg_adapt.bn_prior,
                               stem=stem, noise_ratio=threshold)
   ratio = np.asarray(adapt.stem_log_var_ratio(source_stats, t_stats, stem))

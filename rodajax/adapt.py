@@ -65,6 +65,9 @@ METHODS = {
 }
 
 BN_MODES = ("source", "target_stats", "target_mean", "geometric", "routed", "prior")
+# "routed": the stem log variance ratio above which the statistics are "geometric" (the middle
+# of the dev sets' gap: 1.62-2.35 under gaussian noise, at most 0.75 otherwise; docs/results.md)
+NOISE_RATIO = 1.2
 # The keys of `holdout_criterion`: the last two only with synthetic defects (z_pseudo).
 HOLDOUT_CRITERIA = ("transport", "nn", "synthetic", "synthetic_gain")
 
@@ -399,7 +402,7 @@ def stem_log_var_ratio(source_stats, target_stats, stem: str) -> jax.Array:
 
 
 def bn_statistics(mode: str, source_stats, target_stats, n_target, prior: float, *,
-                  stem: str | None = None, noise_ratio: float = 1.2) -> Any:
+                  stem: str | None = None, noise_ratio: float = NOISE_RATIO) -> Any:
   """The BatchNorm running statistics a `BN_MODES` mode tests and adapts with.
 
   `source_stats`, `target_stats`: Flax `batch_stats` trees (`{..: {"mean", "var"}}`,

@@ -123,6 +123,7 @@ def _gated(s):
   cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
   assert cfg.adapt.gate > 0 and not cfg.adapt.safeguard and cfg.adapt.bn_mode == "routed"
+  assert cfg.adapt.noise_ratio == adapt.NOISE_RATIO
   keep, held = train.calibration_split(len(s["train_feats"]), cfg.fit.calibration_fraction, 0)
   cal = patchcore.fit_memory_bank(s["train_feats"][keep], jax.random.key(0), ratio=0.5,
                                   proj_dim=None)
