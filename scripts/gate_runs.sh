@@ -6,7 +6,9 @@
 #   bash scripts/gate_runs.sh runs/gate35 3,4,5 none,bn_stats,roda runs/sg   for seeds 3-5).
 # Since the learning-rate change (adapt.lr 3e-3, docs/results.md "Learning rate on target
 # statistics") the defaults reproduce runs/s16/lr3e-3; add --config.adapt.lr=1e-2 by hand for
-# the tables of "Shipped since 2026-11-25".
+# the tables of "Shipped since 2026-11-25". Since 2026-12-05 the default statistics are routed
+# (bn_mode=routed, "Shipped since 2026-12-05"): add --config.adapt.bn_mode=target_stats by hand
+# to reproduce the tables measured before.
 # Runs resume by record identity; BANKS (optional) reuses memory banks of an earlier workdir
 # with the same data/model/coreset settings (e.g. runs/sg).
 #   bash scripts/gate_runs.sh [runs/gate] [seeds] [methods] [banks workdir]
