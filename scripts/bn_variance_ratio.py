@@ -21,7 +21,7 @@ import numpy as np
 
 from configs import elpv, mvtec
 from experiments import train, tta
-from rodajax import adapt, data
+from rodajax import adapt, backbones, data
 from rodajax.report import atomic_write
 
 SHIFTS = ("clean", "gaussian_noise", "defocus_blur", "brightness", "contrast")
@@ -75,7 +75,8 @@ def main():
         idx, _ = train.target_split(len(ds.test), c.shift.adapt_fraction, seed)
         t = tta.target_statistics(fns.moments, variables, x[idx], c.adapt.stats_batch)
         out[key] = log_ratios(variables["batch_stats"], t)
-        out[key][ROUTED] = float(adapt.stem_log_var_ratio(variables["batch_stats"], t, "_bn0"))
+        out[key][ROUTED] = float(adapt.stem_log_var_ratio(
+            variables["batch_stats"], t, backbones.stem_batchnorm(variables["batch_stats"])))
       atomic_write(a.out, json.dumps(out))
   by = collections.defaultdict(list)
   for key, r in out.items():
