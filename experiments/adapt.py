@@ -186,7 +186,9 @@ def main(argv):
   guard = info.get("safeguard", {})
   adapted = {"request": request, "method": method, "images": os.path.abspath(
       args.flags["images"]), "n_images": len(paths), "conversions": notes,
-      "bn_mode": info.get("bn_stats_used"), "steps": info.get("steps"),
+      "bn_mode": info.get("bn_stats_used"),
+      "stem_log_var_ratio": info.get("stem_log_var_ratio"),
+      "noise_ratio": info.get("noise_ratio"), "steps": info.get("steps"),
       "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
       "safeguard": {k: guard.get(k) for k in ("criterion", "margin", "source", "kept", "adapted")}
       if guard else None, "gate": info.get("gate"),
@@ -213,6 +215,8 @@ def main(argv):
                 f"{guard['criterion']} {guard['source']:.4g} by {guard['margin']:.0%})")
   else:
     decision = f"{info.get('steps', 0)} steps, no safeguard"
+  if info.get("bn_stats_used") and not (g and not g["shifted"]):
+    decision = f"{statistics_note(info)}; {decision}"
   if g and g["shifted"]:
     decision = (f"the shift gate found a shift ({g['statistic']} {g['ratio']:.2f} x the clean "
                 f"reference, >= {g['threshold']}); {decision}")
@@ -222,6 +226,16 @@ def main(argv):
         f"{scores['median_before']:.4g} -> {scores['median_after']:.4g}, threshold{how} "
         f"{thr:.4g}; "
         f"{time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def statistics_note(info) -> str:
+  """Which BatchNorm statistics the adapted model uses, and for `routed` why."""
+  used, ratio = info["bn_stats_used"], info.get("stem_log_var_ratio")
+  if ratio is None or isinstance(ratio, list):   # not routed, or one per class
+    return f"{used} BatchNorm statistics"
+  why = f"> {info['noise_ratio']:g}: added noise" if used == "geometric" else (
+      f"<= {info['noise_ratio']:g}")
+  return f"{used} BatchNorm statistics (routed: stem log variance ratio {ratio:.2f} {why})"
 
 
 if __name__ == "__main__":

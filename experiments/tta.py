@@ -195,7 +195,8 @@ def chosen_statistics(mode: str, source_stats, t_stats, n_target, cfg_adapt):
 
   The record holds `bn_stats_used` (the mode; for "routed", "geometric" or
   "target_stats" per split, a list per class with a class axis) and, for
-  "routed", the stem's log variance ratio it decided on (`stem_log_var_ratio`).
+  "routed", the stem's log variance ratio it decided on (`stem_log_var_ratio`)
+  and the threshold it compared it with (`noise_ratio`).
   """
   if mode != "routed":
     return adapt.bn_statistics(mode, source_stats, t_stats, n_target, cfg_adapt.bn_prior), {
@@ -208,9 +209,10 @@ def chosen_statistics(mode: str, source_stats, t_stats, n_target, cfg_adapt):
   ratio = np.asarray(adapt.stem_log_var_ratio(source_stats, t_stats, stem))
   used = np.where(ratio > threshold, "geometric", "target_stats")
   if ratio.ndim == 0:
-    return stats, {"bn_stats_used": str(used), "stem_log_var_ratio": float(ratio)}
+    return stats, {"bn_stats_used": str(used), "stem_log_var_ratio": float(ratio),
+                   "noise_ratio": threshold}
   return stats, {"bn_stats_used": [str(u) for u in used],
-                 "stem_log_var_ratio": [float(r) for r in ratio]}
+                 "stem_log_var_ratio": [float(r) for r in ratio], "noise_ratio": threshold}
 
 
 def target_statistics(moments: Callable, variables, images: np.ndarray, batch: int,

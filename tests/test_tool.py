@@ -146,7 +146,8 @@ def test_adapt_then_predict_equals_the_experiments_roda_record(widget, tmp_path,
   code, out, err = run(adapt_cmd, ["--model", model, "--images", line / "adapt", "--out",
                                    adapted], capsys)
   assert code == 0, err
-  assert out.strip().splitlines()[-1].startswith(f"adapted model: {adapted}")
+  last_line = out.strip().splitlines()[-1]
+  assert last_line.startswith(f"adapted model: {adapted}")
   m = json.load(open(adapted / "model.json"))
   assert m["kind"] == "adapted" and m["base"] == str(model)
   assert m["threshold"] == json.load(open(model / "model.json"))["threshold"]   # kept: default
@@ -172,6 +173,13 @@ def test_adapt_then_predict_equals_the_experiments_roda_record(widget, tmp_path,
   assert tool_gate["reference"] == exp_gate["reference"]
   assert tool_gate["shifted"] == exp_gate["shifted"]
   assert tool_gate["ratio"] == pytest.approx(exp_gate["ratio"], rel=1e-5)
+  # The same statistics, routed by the same stem ratio, named in the tool's last line.
+  assert m["adapted"]["bn_mode"] == by["roda"]["bn_stats_used"] == "target_stats"
+  assert m["adapted"]["stem_log_var_ratio"] == pytest.approx(
+      by["roda"]["stem_log_var_ratio"], rel=1e-5)
+  assert m["adapted"]["stem_log_var_ratio"] <= m["adapted"]["noise_ratio"] == 1.2
+  assert ("target_stats BatchNorm statistics (routed: stem log variance ratio "
+          f"{m['adapted']['stem_log_var_ratio']:.2f} <= 1.2)") in last_line
 
 
 def test_fit_adapt_predict_equals_the_experiment_on_elpv(tmp_path, capsys):
@@ -270,3 +278,12 @@ def test_adapt_transfers_the_threshold_without_labels(widget, tmp_path, capsys):
                                  "--method", "bn_stats", "--threshold", "transfer"], capsys)
   assert code == 0 and "too few to transfer" in err
   assert json.load(open(tmp_path / "f" / "model.json"))["threshold"] == base["threshold"]
+
+
+def test_the_adapt_line_says_which_statistics_routing_chose():
+  # Poly under gaussian noise (docs/results.md: stem ratio 2.23 at seed 0) routes to geometric.
+  noisy = {"bn_stats_used": "geometric", "stem_log_var_ratio": 2.2346, "noise_ratio": 1.2}
+  assert adapt_cmd.statistics_note(noisy) == (
+      "geometric BatchNorm statistics (routed: stem log variance ratio 2.23 > 1.2: added noise)")
+  # A mode that does not route has no ratio to report.
+  assert adapt_cmd.statistics_note({"bn_stats_used": "source"}) == "source BatchNorm statistics"
