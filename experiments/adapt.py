@@ -215,7 +215,7 @@ def main(argv):
                 f"{guard['criterion']} {guard['source']:.4g} by {guard['margin']:.0%})")
   else:
     decision = f"{info.get('steps', 0)} steps, no safeguard"
-  if info.get("bn_stats_used") and not (g and not g["shifted"]):
+  if "bn_stats_used" in info:   # absent when the gate kept the source model
     decision = f"{statistics_note(info)}; {decision}"
   if g and g["shifted"]:
     decision = (f"the shift gate found a shift ({g['statistic']} {g['ratio']:.2f} x the clean "
