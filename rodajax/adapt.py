@@ -339,6 +339,11 @@ def make_step(settings: Settings, extract: Callable, optimizer: optax.GradientTr
     new_bn = split_bn(optax.apply_updates(state.params, updates))[0]
     finite = jnp.isfinite(loss) & jnp.all(jnp.asarray(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(new_bn)]))
+    # How far the step moved the BN parameters, and how large the gradient that asked for it
+    # was (Adam's first steps move each parameter by about the learning rate whatever the
+    # gradient's size; SGD's by the learning rate times it).
+    metrics = {**metrics, "grad_norm": optax.global_norm(g_bn),
+               "update_norm": optax.global_norm(split_bn(updates)[0])}
     keep = lambda a, b: jnp.where(finite, a, b)
     # Frozen leaves pass through untouched (bit-identical, and unbatched under a class vmap).
     new = AdaptState(with_bn(state.params, jax.tree.map(keep, new_bn, bn_flat)), state.batch_stats,

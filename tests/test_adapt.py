@@ -196,6 +196,32 @@ def test_step_count_is_one_pass_of_minibatches_per_epoch(setup):
     assert set(np.concatenate(batches[3 * e:3 * e + 3])) == set(range(7))
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_step_reports_the_gradient_and_the_move_of_the_batchnorm_parameters(setup, optimizer):
+  """One step: `update_norm` is the norm of the change of the BN affine parameters.
+
+  SGD moves them by lr x gradient (update_norm = lr x grad_norm); Adam's first
+  step is g / (|g| + eps), so every parameter with a gradient moves by the
+  learning rate whatever the gradient's size.
+  """
+  s = setup
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  cfg.batch_images, cfg.safeguard, cfg.optimizer, cfg.lr = 4, False, optimizer, 1e-3
+  cfg.target_patches = cfg.bank_patches = 64
+  _, last, info = _run(s, "moment", s["clean_target"][:4], cfg)
+  (m,) = info["step_metrics"]
+  before = adapt.split_bn(s["variables"]["params"])[0]
+  after = adapt.split_bn(last["params"])[0]
+  delta = np.concatenate([np.ravel(np.asarray(after[k]) - np.asarray(before[k])) for k in before])
+  assert m["update_norm"] == pytest.approx(float(np.linalg.norm(delta)), rel=1e-4)
+  assert m["grad_norm"] > 0
+  if optimizer == "sgd":
+    assert m["update_norm"] == pytest.approx(cfg.lr * m["grad_norm"], rel=1e-4)
+  else:
+    moved = np.abs(delta[np.abs(delta) > 0])
+    assert moved.size > 100 and np.mean(np.abs(moved - cfg.lr) < 0.01 * cfg.lr) > 0.99
+
+
 def test_transport_problem_stays_balanced_in_the_default_regime(setup):
   """Default: 4,096 target patches vs 4,096 bank entries, scaled down 16x to 256 vs 256.
 
