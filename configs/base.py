@@ -99,6 +99,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.adapt.chunk = 2048             # rows per chunk (online costs, argmaxes)
   c.adapt.kl_reg = 1e-3
   c.adapt.hungarian_patches = 512
+  c.adapt.trim = 0.0               # discrete methods: share of each problem's target patches,
+                                   # the farthest from the bank, left out of the loss (0 = Eq. 6)
   c.adapt.gate = 1.25              # shift gate: adapt only when the source model's gate
                                    # statistic on the adaptation images is >= gate x that of
                                    # held-out training normals (fit.calibration_fraction);

@@ -62,6 +62,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for f in fractions:
     if not 0.0 <= f <= 1.0:
       raise ConfigError(f"adaptation fraction {f} (config.shift.adapt_fraction(s)) must be in [0, 1]")
+  if not 0.0 <= config.adapt.get("trim", 0.0) < 1.0:
+    raise ConfigError(f"config.adapt.trim={config.adapt.trim} must be in [0, 1): the share of "
+                      "each transport problem's target patches left out of the loss")
   if not data.is_points(config.data) and not data.categories_of(config.data):
     raise ConfigError("config.data.categories is empty; name at least one category")
   if data.is_points(config.data) and config.adapt.get("vmap_classes", False):

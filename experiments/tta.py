@@ -45,12 +45,17 @@ from rodajax import adapt, augment, backbones, features, scoring
 SAFEGUARD_CANDIDATES = ("last", "steps")   # adapt.safeguard_candidates, see `guarded`
 SETTING_KEYS = ("views", "target_patches", "bank_patches", "epsilon", "sinkhorn_threshold",
                 "sinkhorn_max_iterations", "online_above", "chunk", "kl_reg",
-                "hungarian_patches")
+                "hungarian_patches", "trim")
 
 
 def settings(cfg_adapt, method: str) -> adapt.Settings:
-  """`adapt.Settings` of `method` from the `config.adapt` block."""
-  return adapt.Settings(method=method, **{k: cfg_adapt[k] for k in SETTING_KEYS})
+  """`adapt.Settings` of `method` from the `config.adapt` block.
+
+  A key the block lacks (a model fitted before the setting existed, e.g. `trim`)
+  takes `adapt.Settings`' default.
+  """
+  defaults = {f.name: f.default for f in dataclasses.fields(adapt.Settings)}
+  return adapt.Settings(method=method, **{k: cfg_adapt.get(k, defaults[k]) for k in SETTING_KEYS})
 
 
 @dataclasses.dataclass

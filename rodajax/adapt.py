@@ -101,6 +101,9 @@ class Settings:
     chunk: rows per chunk for online costs and argmaxes.
     kl_reg: covariance ridge of the KL baseline.
     hungarian_patches: patches per side of the Hungarian baseline.
+    trim: discrete methods: share of each problem's target patches, the
+      farthest from the bank, left out of the loss (0 = Eq. 6 as written;
+      `transport.discrete_loss`).
   """
   method: str = "roda"
   views: int = 4
@@ -113,6 +116,11 @@ class Settings:
   chunk: int = 2048
   kl_reg: float = 1e-3
   hungarian_patches: int = 512
+  trim: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.trim < 1.0:
+      raise ValueError(f"adapt.trim must be in [0, 1) (a share of target patches), got {self.trim}")
 
   @property
   def n_views(self) -> int:
@@ -301,7 +309,7 @@ def method_loss(z: jax.Array, source: Source, key: jax.Array,
   zsg = jax.lax.stop_gradient(zs)
   row, col = transport.plan_argmaxes(zsg, bs, pot.f, pot.g, chunk=settings.chunk)
   metrics.update(transport.plan_diagnostics(zsg, bs, row, col))
-  return transport.discrete_loss(zs, bs, row, col), metrics
+  return transport.discrete_loss(zs, bs, row, col, settings.trim), metrics
 
 
 def make_step(settings: Settings, extract: Callable, optimizer: optax.GradientTransformation,

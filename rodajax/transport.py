@@ -257,10 +257,37 @@ def pair_distances(x: jax.Array, y: jax.Array, ti: jax.Array, bj: jax.Array) -> 
   return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12))
 
 
-def discrete_loss(z: jax.Array, bank: jax.Array, row: jax.Array, col: jax.Array) -> jax.Array:
-  """sum_ij pi_ij C_ij / sum_ij pi_ij; gradients flow into `z` only."""
+def trimmed_target_mask(z: jax.Array, bank: jax.Array, row: jax.Array, trim: float) -> jax.Array:
+  """The target patches a trimmed loss keeps: `[n]` bool (beyond the paper).
+
+  A target patch's distance to its row-argmax bank entry, C_{i, row_i}, ranks
+  it; the `floor(trim * n)` farthest are left out (ties at the cut are kept),
+  as trimmed K-means leaves out its farthest points (Cuesta-Albertos et al.
+  1997). No gradient flows through the choice.
+  """
+  n = z.shape[0]
+  d = lax.stop_gradient(pair_distances(z, bank, jnp.arange(n), row))
+  n_keep = n - int(trim * n)
+  if n_keep >= n:
+    return jnp.ones((n,), bool)
+  if n_keep < 1:
+    raise ValueError(f"trim {trim} leaves no target patch of {n}; use 0 <= trim < 1")
+  return d <= jnp.sort(d)[n_keep - 1]
+
+
+def discrete_loss(z: jax.Array, bank: jax.Array, row: jax.Array, col: jax.Array,
+                  trim: float = 0.0) -> jax.Array:
+  """sum_ij pi_ij C_ij / sum_ij pi_ij (Eq. 6); gradients flow into `z` only.
+
+  `trim` > 0 (beyond the paper): pairs whose target patch is among the `trim`
+  share farthest from its row-argmax bank entry (`trimmed_target_mask`) are
+  left out, row and column pairs alike, so likely anomalous patches are not
+  pulled towards the bank. 0 is Eq. 6 as written.
+  """
   ti, bj, w = discrete_pairs(row, col)
   d = pair_distances(z, lax.stop_gradient(bank), ti, bj)
+  if trim:
+    w = w * trimmed_target_mask(z, lax.stop_gradient(bank), row, trim)[ti]
   return jnp.sum(w * d) / jnp.sum(w)
 
 

@@ -162,6 +162,7 @@ def test_config_errors_are_clear(tmp_path):
                   (dict(adapt__bn_mode="batch"), "bn_mode='batch'; use one of source"),
                   (dict(adapt__gate_statistic="mean"), "gate_statistic='mean'; use nn_median"),
                   (dict(adapt__gate=-1.0), r"gate=-1.0 must be >= 0"),
+                  (dict(adapt__trim=1.0), r"adapt.trim=1.0 must be in \[0, 1\)"),
                   (dict(adapt__safeguard_criterion="auroc"), "criterion='auroc'; use transport"),
                   (dict(adapt__safeguard_criterion="synthetic", adapt__synthetic_copies=0),
                    "synthetic_copies >= 1")]:

@@ -37,6 +37,34 @@ def test_chunked_argmaxes_equal_dense_plan_and_marginals_hold():
   assert loss == np.float32((pi * c).sum() / pi.sum()) or abs(loss - (pi * c).sum() / pi.sum()) < 1e-5
 
 
+def test_trimmed_loss_leaves_out_the_farthest_target_patches_and_their_pairs():
+  # Hand-made: bank entries b0 = (0, 0), b1 = (1, 0), b2 = (0, 1.1); target patch 2 sits at
+  # (10, 0), 9 from its row argmax b1. Row pairs (0,0) 0, (1,1) 0, (2,1) 9, (3,2) 0.1; every
+  # column pair repeats a row pair, so Eq. 6 gives 9.1 / 4.
+  z = jnp.asarray([[0., 0.], [1., 0.], [10., 0.], [0., 1.]])
+  b = jnp.asarray([[0., 0.], [1., 0.], [0., 1.1]])
+  row, col = jnp.asarray([0, 1, 1, 2]), jnp.asarray([0, 1, 3])
+  np.testing.assert_allclose(transport.discrete_loss(z, b, row, col), 9.1 / 4, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(transport.discrete_loss(z, b, row, col, trim=0.0), 9.1 / 4, rtol=1e-5, atol=1e-5)
+  # trim 0.25 of 4 patches: the farthest (patch 2) goes, the rest average 0.1 / 3.
+  np.testing.assert_array_equal(transport.trimmed_target_mask(z, b, row, 0.25),
+                                [True, True, False, True])
+  np.testing.assert_allclose(transport.discrete_loss(z, b, row, col, trim=0.25), 0.1 / 3,
+                             rtol=1e-5, atol=1e-5)
+  # A column pair of a trimmed patch goes too: make patch 2 the column argmax of b2.
+  col2 = jnp.asarray([0, 1, 2])
+  np.testing.assert_allclose(transport.discrete_loss(z, b, row, col2),
+                             (9.1 + np.hypot(10, 1.1)) / 5, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(transport.discrete_loss(z, b, row, col2, trim=0.25), 0.1 / 3,
+                             rtol=1e-5, atol=1e-5)
+  # The trimmed patch gets no gradient; the kept ones do.
+  g = jax.grad(lambda x: transport.discrete_loss(x, b, row, col2, trim=0.25))(z)
+  np.testing.assert_array_equal(g[2], [0.0, 0.0])
+  assert float(jnp.abs(g[3]).sum()) > 0
+  with pytest.raises(ValueError, match="adapt.trim"):
+    adapt.Settings(trim=1.0)
+
+
 def test_only_batchnorm_affine_parameters_change():
   module, variables = backbones.create("efficientnet_lite0", "pretrained", taps=("stage3", "stage5"))
   ext = features.make_extractor(module, ("stage3", "stage5"), 64)
@@ -66,7 +94,7 @@ def test_online_sinkhorn_equals_the_dense_cost_matrix_solution():
   dense = transport.sinkhorn_potentials(x, y, 0.05, threshold=1e-4, max_iterations=500)
   online = transport.sinkhorn_potentials(x, y, 0.05, threshold=1e-4, max_iterations=500, chunk=64)
   assert bool(dense.converged) and bool(online.converged)
-  np.testing.assert_allclose(online.epsilon, dense.epsilon, rtol=1e-5)
+  np.testing.assert_allclose(online.epsilon, dense.epsilon, rtol=1e-5, atol=1e-5)
   r1, c1 = transport.plan_argmaxes(x, y, dense.f, dense.g)
   r2, c2 = transport.plan_argmaxes(x, y, online.f, online.g)
   assert np.mean(np.asarray(r1) == np.asarray(r2)) > 0.99
