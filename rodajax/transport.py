@@ -260,6 +260,9 @@ def pair_distances(x: jax.Array, y: jax.Array, ti: jax.Array, bj: jax.Array) -> 
 def trimmed_target_mask(z: jax.Array, bank: jax.Array, row: jax.Array, trim: float) -> jax.Array:
   """The target patches a trimmed loss keeps: `[n]` bool (beyond the paper).
 
+  `z [n, D]` target patches, `bank [m, D]`, `row [n]` each patch's row-argmax
+  bank entry (`plan_argmaxes`), `trim` in [0, 1).
+
   A target patch's distance to its row-argmax bank entry, C_{i, row_i}, ranks
   it; the `floor(trim * n)` farthest are left out (ties at the cut are kept),
   as trimmed K-means leaves out its farthest points (Cuesta-Albertos et al.
@@ -278,6 +281,8 @@ def trimmed_target_mask(z: jax.Array, bank: jax.Array, row: jax.Array, trim: flo
 def discrete_loss(z: jax.Array, bank: jax.Array, row: jax.Array, col: jax.Array,
                   trim: float = 0.0) -> jax.Array:
   """sum_ij pi_ij C_ij / sum_ij pi_ij (Eq. 6); gradients flow into `z` only.
+
+  `z [n, D]`, `bank [m, D]`, `row [n]` / `col [m]` the plan's argmaxes; a scalar.
 
   `trim` > 0 (beyond the paper): pairs whose target patch is among the `trim`
   share farthest from its row-argmax bank entry (`trimmed_target_mask`) are
