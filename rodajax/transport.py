@@ -257,19 +257,16 @@ def pair_distances(x: jax.Array, y: jax.Array, ti: jax.Array, bj: jax.Array) -> 
   return jnp.sqrt(jnp.maximum(jnp.sum(diff * diff, -1), 1e-12))
 
 
-def trimmed_target_mask(z: jax.Array, bank: jax.Array, row: jax.Array, trim: float) -> jax.Array:
+def trimmed_target_mask(row_distances: jax.Array, trim: float) -> jax.Array:
   """The target patches a trimmed loss keeps: `[n]` bool (beyond the paper).
 
-  `z [n, D]` target patches, `bank [m, D]`, `row [n]` each patch's row-argmax
-  bank entry (`plan_argmaxes`), `trim` in [0, 1).
-
-  A target patch's distance to its row-argmax bank entry, C_{i, row_i}, ranks
-  it; the `floor(trim * n)` farthest are left out (ties at the cut are kept),
-  as trimmed K-means leaves out its farthest points (Cuesta-Albertos et al.
-  1997). No gradient flows through the choice.
+  `row_distances [n]`: each target patch's cost to its row-argmax bank entry,
+  C_{i, row_i}; the `floor(trim * n)` largest are left out (ties at the cut are
+  kept), as trimmed K-means leaves out its farthest points (Cuesta-Albertos et
+  al. 1997). `trim` in [0, 1). No gradient flows through the choice.
   """
-  n = z.shape[0]
-  d = lax.stop_gradient(pair_distances(z, bank, jnp.arange(n), row))
+  n = row_distances.shape[0]
+  d = lax.stop_gradient(row_distances)
   n_keep = n - int(trim * n)
   if n_keep >= n:
     return jnp.ones((n,), bool)
@@ -291,8 +288,8 @@ def discrete_loss(z: jax.Array, bank: jax.Array, row: jax.Array, col: jax.Array,
   """
   ti, bj, w = discrete_pairs(row, col)
   d = pair_distances(z, lax.stop_gradient(bank), ti, bj)
-  if trim:
-    w = w * trimmed_target_mask(z, lax.stop_gradient(bank), row, trim)[ti]
+  if trim:  # the first n pairs are the row pairs (i, row_i)
+    w = w * trimmed_target_mask(d[:row.shape[0]], trim)[ti]
   return jnp.sum(w * d) / jnp.sum(w)
 
 

@@ -47,7 +47,8 @@ def test_trimmed_loss_leaves_out_the_farthest_target_patches_and_their_pairs():
   np.testing.assert_allclose(transport.discrete_loss(z, b, row, col), 9.1 / 4, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(transport.discrete_loss(z, b, row, col, trim=0.0), 9.1 / 4, rtol=1e-5, atol=1e-5)
   # trim 0.25 of 4 patches: the farthest (patch 2) goes, the rest average 0.1 / 3.
-  np.testing.assert_array_equal(transport.trimmed_target_mask(z, b, row, 0.25),
+  d_row = transport.pair_distances(z, b, jnp.arange(4), row)
+  np.testing.assert_array_equal(transport.trimmed_target_mask(d_row, 0.25),
                                 [True, True, False, True])
   np.testing.assert_allclose(transport.discrete_loss(z, b, row, col, trim=0.25), 0.1 / 3,
                              rtol=1e-5, atol=1e-5)
