@@ -162,33 +162,67 @@ def summary_markdown(records: Sequence[dict]) -> str:
   return "\n".join(out)
 
 
-def plot_severity(records: Sequence[dict], path: str, metric: str = "image_auroc") -> str | None:
-  """Metric against severity, one line per method, one panel per (category, shift); PNG.
+def severity_curves(records: Sequence[dict], metric: str = "image_auroc") -> dict:
+  """Mean ± std over seeds of `metric` per severity: `{(category, shift): {method: [...]}}`.
 
-  Only the records of the first adaptation fraction are drawn (one point per severity).
+  Each curve is a list of `(severity, mean, std, n)` sorted by severity (std with
+  ddof 0 over the records of that point, n their number); a category's clean
+  records enter every one of its shift curves at severity 0, so each panel
+  starts at the unshifted score. Only the records of the first adaptation
+  fraction are used; records without the metric are left out.
   """
   if records:
     frac = records[0].get("adapt_fraction")
     records = [r for r in records if r.get("adapt_fraction") == frac]
-  sev = sorted({r["severity"] for r in records if r.get("shift") != "clean"})
-  if len(sev) < 2:
+  records = [r for r in records if r.get(metric) is not None]
+  panels = list(dict.fromkeys((r["category"], r["shift"]) for r in records if r["shift"] != "clean"))
+  curves = {}
+  for cat, shift in panels:
+    by_method = {}
+    for m in dict.fromkeys(r["method"] for r in records if r["category"] == cat):
+      points = {}
+      for r in records:
+        if r["category"] == cat and r["method"] == m and r["shift"] in (shift, "clean"):
+          sev = 0 if r["shift"] == "clean" else r["severity"]
+          points.setdefault(sev, []).append(float(r[metric]))
+      if any(s > 0 for s in points):
+        by_method[m] = [(s, float(np.mean(v)), float(np.std(v)), len(v))
+                        for s, v in sorted(points.items())]
+    curves[(cat, shift)] = by_method
+  return curves
+
+
+def plot_severity(records: Sequence[dict], path: str, metric: str = "image_auroc") -> str | None:
+  """Metric against severity (clean = 0), one line per method; PNG, a row of panels per category.
+
+  Points are means over seeds with their std as error bars (`severity_curves`);
+  the panel title gives the largest n per point.
+  """
+  curves = severity_curves(records, metric)
+  sev = sorted({p[0] for c in curves.values() for pts in c.values() for p in pts})
+  if len([s for s in sev if s > 0]) < 2:
     return None
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  panels = list(dict.fromkeys((r["category"], r["shift"]) for r in records if r["shift"] != "clean"))
-  methods = list(dict.fromkeys(r["method"] for r in records))
-  fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.0), squeeze=False)
-  for ax, (cat, shift) in zip(axes[0], panels):
-    for m in methods:
-      pts = sorted((r["severity"], r[metric]) for r in records if r["category"] == cat
-                   and r["shift"] == shift and r["method"] == m and r.get(metric) is not None)
-      if pts:
-        ax.plot(*zip(*pts), marker="o", label=m)
-    ax.set_title(f"{cat}: {shift}", fontsize=9)
-    ax.set_xlabel("severity")
+  cats = list(dict.fromkeys(c for c, _ in curves))
+  shifts = list(dict.fromkeys(s for _, s in curves))
+  fig, axes = plt.subplots(len(cats), len(shifts), figsize=(3.2 * len(shifts), 3.0 * len(cats)),
+                           squeeze=False)
+  for ax in axes.flat:
+    ax.set_visible(False)
+  for (cat, shift), by_method in curves.items():
+    ax = axes[cats.index(cat), shifts.index(shift)]
+    ax.set_visible(True)
+    n = max((p[3] for pts in by_method.values() for p in pts), default=0)
+    for m, pts in by_method.items():
+      s, mean, std, _ = zip(*pts)
+      ax.errorbar(s, mean, yerr=std, marker="o", capsize=2, label=m)
+    ax.set_title(f"{cat}: {shift} (n <= {n})", fontsize=9)
+    ax.set_xlabel("severity (0 = clean)")
     ax.set_xticks(sev)
-  axes[0, 0].set_ylabel(metric.replace("_", " ") + " (%)")
+  for row in axes:
+    row[0].set_ylabel(metric.replace("_", " ") + " (%)")
   axes[0, -1].legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

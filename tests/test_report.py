@@ -25,3 +25,30 @@ def test_summary_markdown_is_not_the_last_seed():
                adapt_fraction=0.2) for s, v in ((0, 50.0), (1, 54.0))]
   md = report.summary_markdown(recs)
   assert "| none | 52.00 ± 2.00 (n=2) | 52.00 |" in md
+
+
+def test_severity_curves_average_seeds_and_start_at_clean():
+  # bottle: clean 100 / 98 (seeds 0, 1) -> severity 0 of every shift curve; noise severity 1:
+  # 90 and 80 -> 85 ± 5 (n=2); severity 3: 70 (n=1). The wrong fraction is left out.
+  recs = [dict(_rec("none", "clean", 0, 100.0), category="bottle", severity=0, adapt_fraction=0.2),
+          dict(_rec("none", "clean", 1, 98.0), category="bottle", severity=0, adapt_fraction=0.2),
+          dict(_rec("none", "noise", 0, 90.0), category="bottle", severity=1, adapt_fraction=0.2),
+          dict(_rec("none", "noise", 1, 80.0), category="bottle", severity=1, adapt_fraction=0.2),
+          dict(_rec("none", "noise", 0, 70.0), category="bottle", severity=3, adapt_fraction=0.2),
+          dict(_rec("none", "noise", 0, 10.0), category="bottle", severity=3, adapt_fraction=0.5),
+          dict(_rec("roda", "blur", 0, 60.0), category="bottle", severity=2, adapt_fraction=0.2)]
+  curves = report.severity_curves(recs)
+  assert list(curves) == [("bottle", "noise"), ("bottle", "blur")]
+  assert curves[("bottle", "noise")] == {
+      "none": [(0, 99.0, 1.0, 2), (1, 85.0, 5.0, 2), (3, 70.0, 0.0, 1)]}
+  # roda has no clean record; its blur curve is its one point. none has no blur point: no curve.
+  assert curves[("bottle", "blur")] == {"roda": [(2, 60.0, 0.0, 1)]}
+
+
+def test_plot_severity_writes_a_png(tmp_path):
+  recs = [dict(_rec(m, "noise", s, 50.0 + s + sev), category="c", severity=sev, adapt_fraction=0.2)
+          for m in ("none", "roda") for s in (0, 1) for sev in (1, 2)]
+  out = report.plot_severity(recs, str(tmp_path / "f" / "severity.png"))
+  assert out and (tmp_path / "f" / "severity.png").read_bytes()[:4] == b"\x89PNG"
+  # A single severity is no curve: nothing is written.
+  assert report.plot_severity([r for r in recs if r["severity"] == 1], str(tmp_path / "g.png")) is None
