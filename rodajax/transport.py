@@ -242,7 +242,8 @@ def discrete_pairs(row: jax.Array, col: jax.Array):
   already is a row pair (row[col_j] == j).
 
   Returns:
-    `(ti [n + m], bj [n + m], w [n + m])`.
+    `(ti [n + m], bj [n + m], w [n + m])`: the first n are the row pairs in the
+    order of i (`discrete_loss`'s trimming relies on it), then the m column pairs.
   """
   n, m = row.shape[0], col.shape[0]
   ti = jnp.concatenate([jnp.arange(n, dtype=jnp.int32), col])
