@@ -79,5 +79,19 @@ go t_trim_cont pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.c
 go e_trim_cont elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
 go e_trim_cont_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
 
+# trimmed D through Tables 3 and 6 and the ELPV ablations (docs/uda.md, 2026-12-06, Session 30)
+go p_trim_grl pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=adversarial --config.uda.methods=cluster_psi
+go p_trim_f pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.methods=cluster_f
+go p_trim_f_con pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_f
+go p_trim_con pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
+go e_trim_grl elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=adversarial --config.uda.methods=cluster_psi
+go e_trim_f elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_f
+go e_trim_f_con elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_f
+go e_trim_grl_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=adversarial --config.uda.methods=cluster_psi
+go e_trim_f_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_f
+go e_trim_f_con_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_f
+# the paper's method with the paper's K = 2 and the contrastive loss (Art painting, 10 seeds, with source-only)
+go t_k2_con pacs --config.cache_dir=$R/cache --config.seeds=10 --config.data.targets=art_painting --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi,source_only
+
 # the tables (docs/uda.md) and the two figures
 bash scripts/uda12_tables.sh "$R"
