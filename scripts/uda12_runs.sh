@@ -92,6 +92,7 @@ go e_trim_f_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly 
 go e_trim_f_con_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_f
 # the paper's method with the paper's K = 2 and the contrastive loss (Art painting, 10 seeds, with source-only)
 go t_k2_con pacs --config.cache_dir=$R/cache --config.seeds=10 --config.data.targets=art_painting --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi,source_only
+go t_k2_con_cs pacs --config.cache_dir=$R/cache --config.seeds=10 --config.data.targets=cartoon,sketch --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi,source_only
 
 # the tables (docs/uda.md) and the two figures
 bash scripts/uda12_tables.sh "$R"

@@ -1,0 +1,88 @@
+"""Probe (issue 11, Session 31): RoDA adapted on a subset of the adaptation images.
+
+Hypothesis: the mild-shift harm comes from the adaptation split's defective images
+(about 3/4 of bottle's and tire's, half of ELPV's): their statistics and the pull of
+their patches towards the bank. After the gate (on all images, as shipped) says
+"shifted", RoDA runs on a subset; VARIANT (env):
+  oracle  the normal adaptation images only (uses labels: not label-free)
+  random  as many images as `oracle` keeps, drawn at random (seeded by the split's seed)
+  low     as many images as `oracle` keeps, the lowest source-model image scores
+          (label-free ranking; the count is the oracle's)
+  lowhalf the lower-scoring half (label-free)
+A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
+feature: it monkeypatches `experiments.tta.run` and `experiments.train.Context.run_one`
+(single-category runs only; not `adapt.vmap_classes`). The rerun commands of the probe, e.g.
+bottle at severity 1 (tire and ELPV: the data flags of scripts/gate_runs.sh):
+  VARIANT=oracle python scripts/adapt_subset_probe.py --config configs/mvtec.py \
+    --config.adapt.methods=roda --config.shift.corruptions=gaussian_noise,defocus_blur,brightness,contrast \
+    --config.shift.severities=1 --config.shift.seeds=0,1,2 --workdir runs/s31/sev1/oracle/bottle \
+    --config.bank_dir=runs/s31/banks/bottle
+(the default and none: `python -m experiments.roda` with the same flags and
+--config.adapt.methods=none,bn_stats,roda). Each record gets `probe`: variant, images kept,
+normal images among them.
+"""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import cli, loops, roda, train, tta
+from rodajax import scoring
+
+V = os.environ["VARIANT"]
+cur = {}
+
+_run_one = train.Context.run_one
+
+
+def run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
+            first_fraction, method, order=None, adapted=None):
+  a, _ = train.target_split(len(ds.test), fraction, seed)
+  cur.update(labels=np.asarray(ds.test.labels)[a], seed=seed)
+  return _run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
+                  first_fraction, method, order, adapted)
+
+
+_run = tta.run
+
+
+def run(method, fns, cfg, variables, source, images, key, progress=None, cache=None,
+        reference=None):
+  if method == "none":
+    return _run(method, fns, cfg, variables, source, images, key, progress, cache, reference)
+  gate = tta.gate_info(fns, cfg, variables, source, images, key, reference)
+  if gate is not None and not gate["shifted"]:
+    return _run(method, fns, cfg, variables, source, images, key, progress, cache, reference)
+  labels = cur["labels"]
+  assert len(labels) == len(images), (len(labels), len(images))
+  normal = np.flatnonzero(labels == 0)
+  n = max(len(normal), 1)
+  if V == "oracle":
+    keep = normal
+  elif V == "random":
+    keep = np.sort(np.random.default_rng(cur["seed"]).permutation(len(images))[:n])
+  elif V in ("low", "lowhalf"):
+    z = loops.batched(fns.features, variables, images, min(cfg.stats_batch, len(images)))
+    d = scoring.nearest_distances(jnp.asarray(z.reshape(-1, z.shape[-1])), source.bank)
+    s = np.asarray(d).reshape(len(images), -1).max(1)
+    if V == "lowhalf":
+      n = max(1, len(images) // 2)
+    keep = np.sort(np.argsort(s, kind="stable")[:n])
+  else:
+    raise ValueError(V)
+  cfg2 = cfg.copy_and_resolve_references()
+  cfg2.gate = 0.0
+  kept, last, info = _run(method, fns, cfg2, variables, source, images[keep], key, progress,
+                          None, reference)
+  info["gate"] = gate
+  info["probe"] = {"variant": V, "kept": int(len(keep)), "of": int(len(images)),
+                   "normals_kept": int((labels[keep] == 0).sum()),
+                   "normals": int(len(normal))}
+  return kept, last, info
+
+
+tta.run = run
+train.Context.run_one = run_one
+
+if __name__ == "__main__":
+  cli.run(roda.main)
