@@ -7,6 +7,7 @@ their patches towards the bank. After the gate (on all images, as shipped) says
   oracle  the normal adaptation images only (uses labels: not label-free)
   random  as many images as `oracle` keeps, drawn at random (seeded by the split's seed)
   low     as many images as `oracle` keeps, the lowest source-model image scores
+          (PatchCore's score: the largest patch nearest-neighbour distance)
           (label-free ranking; the count is the oracle's)
   lowhalf the lower-scoring half (label-free)
 A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
@@ -63,8 +64,7 @@ def run(method, fns, cfg, variables, source, images, key, progress=None, cache=N
     keep = np.sort(np.random.default_rng(cur["seed"]).permutation(len(images))[:n])
   elif V in ("low", "lowhalf"):
     z = loops.batched(fns.features, variables, images, min(cfg.stats_batch, len(images)))
-    d = scoring.nearest_distances(jnp.asarray(z.reshape(-1, z.shape[-1])), source.bank)
-    s = np.asarray(d).reshape(len(images), -1).max(1)
+    s = np.asarray(scoring.image_scores(scoring.patch_distances(jnp.asarray(z), source.bank)))
     if V == "lowhalf":
       n = max(1, len(images) // 2)
     keep = np.sort(np.argsort(s, kind="stable")[:n])
