@@ -6,9 +6,9 @@ their patches towards the bank. After the gate (on all images, as shipped) says
 "shifted", RoDA runs on a subset; VARIANT (env):
   oracle  the normal adaptation images only (uses labels: not label-free)
   random  as many images as `oracle` keeps, drawn at random (seeded by the split's seed)
-  low     as many images as `oracle` keeps, the lowest source-model image scores
-          (PatchCore's score: the largest patch nearest-neighbour distance)
-          (label-free ranking; the count is the oracle's)
+  low     as many images as `oracle` keeps, the lowest source-model image scores (PatchCore's
+          score, the largest patch nearest-neighbour distance: a label-free ranking, but the
+          count is the oracle's)
   lowhalf the lower-scoring half (label-free)
 A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
 feature: it monkeypatches `experiments.tta.run` and `experiments.train.Context.run_one`
