@@ -106,6 +106,11 @@ def get_base_config() -> ml_collections.ConfigDict:
                                    # held-out training normals (fit.calibration_fraction);
                                    # 0 = always adapt; docs/results.md "The shift gate"
   c.adapt.gate_statistic = "nn_median"  # nn_median (median patch NN distance) | transport
+  c.adapt.select = "lowest"        # adaptation images to adapt on (after the gate): all |
+                                   # lowest (the select_share lowest-scoring under the statistics
+                                   # taken from all of them; label-free, docs/results.md "Which
+                                   # adaptation images")
+  c.adapt.select_share = 0.5       # lowest: share of the adaptation images kept
   c.adapt.safeguard = False        # hold out adaptation images, keep the adapted model only
                                    # if a label-free criterion improves on them (off: the
                                    # transport cost rises after target statistics whatever the

@@ -190,6 +190,7 @@ def main(argv):
       "stem_log_var_ratio": info.get("stem_log_var_ratio"),
       "noise_ratio": info.get("noise_ratio"), "steps": info.get("steps"),
       "loss_first": info.get("loss_first"), "loss_last": info.get("loss_last"),
+      "select": info.get("select"),
       "safeguard": {k: guard.get(k) for k in ("criterion", "margin", "source", "kept", "adapted")}
       if guard else None, "gate": info.get("gate"),
       "warning": info.get("warning"), "error": info.get("error"), "scores": scores,
@@ -215,6 +216,10 @@ def main(argv):
                 f"{guard['criterion']} {guard['source']:.4g} by {guard['margin']:.0%})")
   else:
     decision = f"{info.get('steps', 0)} steps, no safeguard"
+  if info.get("select"):
+    sel = info["select"]
+    decision = (f"adapted on the {sel['kept']} of {sel['of']} images scoring lowest "
+                f"(select={sel['rule']}, share {sel['share']:g}); {decision}")
   if "bn_stats_used" in info:   # absent when the gate kept the source model
     decision = f"{statistics_note(info)}; {decision}"
   if g and g["shifted"]:

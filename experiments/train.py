@@ -115,6 +115,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if float(config.adapt.get("gate", 0.0)) < 0.0:
     raise ConfigError(f"config.adapt.gate={config.adapt.gate} must be >= 0 (0 = no shift gate, "
                       "e.g. 1.25)")
+  if config.adapt.get("select", "all") not in adapt.SELECTIONS:
+    raise ConfigError(f"config.adapt.select={config.adapt.select!r}; use "
+                      f"{' or '.join(adapt.SELECTIONS)}")
+  if not 0.0 < float(config.adapt.get("select_share", 0.5)) <= 1.0:
+    raise ConfigError(f"config.adapt.select_share={config.adapt.select_share} must be in (0, 1] "
+                      "(the share of the adaptation images kept by adapt.select=lowest, e.g. 0.5)")
   if config.adapt.epochs < 1:
     raise ConfigError(f"config.adapt.epochs={config.adapt.epochs} must be >= 1")
   if not 0.0 < config.adapt.holdout_fraction < 1.0:

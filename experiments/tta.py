@@ -8,6 +8,11 @@ Per call of `run` (one method, one target domain):
    same statistic of held-out training normals (`gate_info`); below
    `adapt.gate` x that reference the target counts as unshifted and the source
    model is returned unchanged. The decision is in `info["gate"]`.
+0b. Selection (label-free, beyond the paper; `adapt.select`, default lowest): with
+   `lowest`, only the `adapt.select_share` of the adaptation images that score
+   lowest under the model the steps start from (the statistics of step 2 taken
+   from all of them) are adapted on (`select_images`); the rest are taken as
+   the line's defective images. The choice is in `info["select"]`.
 1. The adaptation images are split (seeded) into a training part and, with the
    safeguard on, a held-out part (`adapt.holdout_fraction`).
 2. BatchNorm statistics (`adapt.bn_mode`, `adapt.bn_statistics`): kept
@@ -248,6 +253,45 @@ def target_statistics(moments: Callable, variables, images: np.ndarray, batch: i
   return jax.tree.map(pool, *parts, is_leaf=is_layer)
 
 
+def select_images(fns: Functions, cfg_adapt, method: str, variables: dict,
+                  source: adapt.Source, images: np.ndarray,
+                  moments: Callable | None = None) -> tuple[np.ndarray, dict | None]:
+  """`(indices, record)`: which adaptation images (`[n, R, R, 3]` uint8, or point clouds
+  `[n, P, 3]`) to adapt on.
+
+  `adapt.select = all`: every image, record None. `lowest`: the images are
+  scored (PatchCore's image score against `source.bank`) under the source
+  weights with the BatchNorm statistics `method` would take from all of them
+  (`adapt.bn_mode`; target statistics for bn_stats; the source model's for
+  bn_mode=source), and `rodajax.adapt.select_lowest` keeps the
+  `adapt.select_share` lowest. The statistics are then re-estimated on the kept
+  images by the caller. `moments`: `fns.moments` for one class (the default) or
+  a per-class wrapper (`run_classes`).
+  """
+  how = cfg_adapt.get("select", "all")
+  if how == "all":
+    return np.arange(len(images)), None
+  if how not in adapt.SELECTIONS:
+    raise cli.UserError(f"config.adapt.select={how!r}; use one of {', '.join(adapt.SELECTIONS)}")
+  share = float(cfg_adapt.get("select_share", 0.5))
+  scorer = variables
+  if method == "bn_stats" or cfg_adapt.bn_mode != "source":
+    t_stats = target_statistics(moments or fns.moments, variables, images, cfg_adapt.stats_batch)
+    mode = "target_stats" if method == "bn_stats" else cfg_adapt.bn_mode
+    stats, _ = chosen_statistics(mode, variables["batch_stats"], t_stats, len(images), cfg_adapt)
+    scorer = {"params": variables["params"], "batch_stats": stats}
+  z = loops.batched(fns.features, scorer, images, min(cfg_adapt.stats_batch, len(images)))
+  # patches [n, h, w, D] (images) or [n, groups, D] (point clouds): the largest patch distance
+  d = scoring.nearest_distances(jnp.asarray(z.reshape(-1, z.shape[-1])), source.bank,
+                                cfg_adapt.chunk, source.valid)
+  scores = scoring.image_scores(d.reshape(len(z), -1))
+  keep = np.asarray(adapt.select_lowest(scores, share))
+  return keep, {"rule": how, "share": share, "kept": len(keep), "of": len(images),
+                "indices": [int(i) for i in keep],
+                "score_kept_max": float(np.asarray(scores)[keep].max()),
+                "score_median": float(np.median(np.asarray(scores)))}
+
+
 def holdout_size(n: int, fraction: float) -> int:
   """Held-out images of `n` (at least one held out and one left to train on)."""
   return int(np.clip(round(fraction * n), 1, n - 1))
@@ -419,6 +463,9 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
     if not gate["shifted"]:
       info["steps"] = 0
       return variables, variables, info
+  keep, chosen = select_images(fns, cfg_adapt, method, variables, source, images)
+  if chosen is not None:
+    images, info["select"] = images[keep], chosen
   k_split, k_loop, k_crit = jax.random.split(key, 3)
   guard = bool(cfg_adapt.safeguard)
   if guard:
@@ -562,6 +609,11 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
         infos[i] = {"bn_mode": cfg_adapt.bn_mode, "steps": 0}
       infos[i]["gate"] = g
     return kept, last, infos
+  # Selection class by class (the counts then differ only where the image counts do).
+  chosen = [select_images(fns, cfg_adapt, method, v, s, x,
+                         lambda v_, x_: _per_class(fns, fns.moments, fns.stack([v_]), 0, x_))
+            for v, s, x in zip(variables, sources, images)]
+  images = [x[k] for x, (k, _) in zip(images, chosen)]
   sizes = [len(s.bank) for s in sources]
   problem = stack_problem(fns.settings, cfg_adapt, sizes, [len(x) for x in images])
   if problem:
@@ -583,6 +635,9 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
   batch = min(cfg_adapt.batch_images, min(n_train))
   infos = [{"bn_mode": cfg_adapt.bn_mode, "n_adapt_train": len(p[0]), "n_holdout": len(p[1])}
            for p in parts]
+  for info, (_, record) in zip(infos, chosen):
+    if record is not None:
+      info["select"] = record
   v0 = fns.stack(variables)
   source_stats = v0["batch_stats"]
   stats, mode = source_stats, cfg_adapt.bn_mode

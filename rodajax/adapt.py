@@ -542,6 +542,37 @@ def shift_gate(value: jax.Array, reference: jax.Array, threshold: float) -> dict
   return {"ratio": ratio, "shifted": ratio >= threshold}
 
 
+SELECTIONS = ("all", "lowest")
+
+
+def selected_count(n: int, share: float) -> int:
+  """How many of `n` adaptation images `select_lowest` keeps: floor(share x n), at least one."""
+  if not 0.0 < share <= 1.0:
+    raise ValueError(f"the share of adaptation images to keep must be in (0, 1], got {share}")
+  return max(1, int(share * n + 1e-9))
+
+
+def select_lowest(scores: jax.Array, share: float) -> jax.Array:
+  """The adaptation images to adapt on: the lowest-scoring `share` of them (beyond the paper).
+
+  `scores [n]`: each adaptation image's anomaly score (PatchCore's, the largest
+  patch nearest-neighbour distance to the bank) under the model the steps will
+  start from, i.e. the source weights with the BatchNorm statistics that
+  `bn_statistics` takes from all the adaptation images. A drifted line's
+  unlabelled images hold some defective ones; their patches are the far tail
+  the discretised plan pulls towards the bank and their activations enter the
+  target statistics. Scoring under the adapted statistics (not the source
+  model's) keeps the ranking meaningful under a severe shift, where the source
+  model can rank defects below normals (docs/results.md, "Which adaptation
+  images"). Ties keep the lower index (a stable sort).
+
+  Returns the kept indices `[selected_count(n, share)]` in ascending order (int32).
+  """
+  chex.assert_rank(scores, 1)
+  k = selected_count(scores.shape[0], share)
+  return jnp.sort(jnp.argsort(scores, stable=True)[:k]).astype(jnp.int32)
+
+
 def assignment_analysis(z: jax.Array, labels: jax.Array, source: Source, key: jax.Array,
                         settings: Settings) -> dict:
   """Paper Fig. 5a for one minibatch: how much of the OT loss falls on anomalous patches.

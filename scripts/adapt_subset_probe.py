@@ -10,6 +10,10 @@ their patches towards the bank. After the gate (on all images, as shipped) says
           score, the largest patch nearest-neighbour distance: a label-free ranking, but the
           count is the oracle's)
   lowhalf the lower-scoring half (label-free)
+  adhalf  the lower-scoring half, scored by the model the steps start from: the source weights
+          with the statistics `adapt.bn_mode` takes from all the adaptation images (label-free;
+          Session 32: where a severe shift inverts the source model's ranking, the adapted
+          statistics rank again)
 A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
 feature: it monkeypatches `experiments.tta.run` and `experiments.train.Context.run_one`
 (single-category runs only; not `adapt.vmap_classes`). The rerun commands of the probe, e.g.
@@ -62,16 +66,22 @@ def run(method, fns, cfg, variables, source, images, key, progress=None, cache=N
     keep = normal
   elif V == "random":
     keep = np.sort(np.random.default_rng(cur["seed"]).permutation(len(images))[:n])
-  elif V in ("low", "lowhalf"):
-    z = loops.batched(fns.features, variables, images, min(cfg.stats_batch, len(images)))
+  elif V in ("low", "lowhalf", "adhalf"):
+    scorer = variables
+    if V == "adhalf":
+      t_stats = tta.target_statistics(fns.moments, variables, images, cfg.stats_batch)
+      mode = "target_stats" if method == "bn_stats" else cfg.bn_mode
+      stats, _ = tta.chosen_statistics(mode, variables["batch_stats"], t_stats, len(images), cfg)
+      scorer = {"params": variables["params"], "batch_stats": stats}
+    z = loops.batched(fns.features, scorer, images, min(cfg.stats_batch, len(images)))
     s = np.asarray(scoring.image_scores(scoring.patch_distances(jnp.asarray(z), source.bank)))
-    if V == "lowhalf":
+    if V in ("lowhalf", "adhalf"):
       n = max(1, len(images) // 2)
     keep = np.sort(np.argsort(s, kind="stable")[:n])
   else:
     raise ValueError(V)
   cfg2 = cfg.copy_and_resolve_references()
-  cfg2.gate = 0.0
+  cfg2.gate, cfg2.select = 0.0, "all"   # the probe selects; since 2026-12-06 adhalf is the default
   kept, last, info = _run(method, fns, cfg2, variables, source, images[keep], key, progress,
                           None, reference)
   info["gate"] = gate

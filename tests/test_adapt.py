@@ -38,6 +38,7 @@ def setup():
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
   # Algorithm 1 and the held-out safeguard, always adapting (the gate has its own tests below).
   cfg.adapt.gate, cfg.adapt.safeguard, cfg.adapt.bn_mode = 0.0, True, "prior"
+  cfg.adapt.select = "all"   # every image (the selection's own tests set it)
   return dict(module=module, variables=variables, extract=extract, bank=bank, train_feats=f,
               source=train.source_of(bank), clean_test=clean_test, labels=labels,
               clean_target=clean_target, cfg=cfg,
@@ -123,6 +124,7 @@ def _gated(s):
   cfg.adapt.lr, cfg.adapt.batch_images = 1e-2, 4
   cfg.adapt.target_patches = cfg.adapt.bank_patches = 512
   assert cfg.adapt.gate > 0 and not cfg.adapt.safeguard and cfg.adapt.bn_mode == "routed"
+  assert (cfg.adapt.select, cfg.adapt.select_share) == ("lowest", 0.5)
   assert cfg.adapt.noise_ratio == adapt.NOISE_RATIO
   keep, held = train.calibration_split(len(s["train_feats"]), cfg.fit.calibration_fraction, 0)
   cal = patchcore.fit_memory_bank(s["train_feats"][keep], jax.random.key(0), ratio=0.5,
@@ -145,8 +147,10 @@ def test_shift_gate_keeps_the_source_model_on_clean_targets_and_adapts_shifted_o
   target = loops.corrupt("contrast", s["clean_target"], 5, jax.random.key(2), 8)
   kept, last, info = run(target)
   assert info["gate"]["shifted"] and info["gate"]["ratio"] >= 1.25
-  # routed: contrast lowers the stem's variance, so the target statistics are taken
-  assert info["steps"] == math.ceil(len(target) / 4) and info["bn_stats_used"] == "target_stats"
+  # routed: contrast lowers the stem's variance, so the target statistics are taken; the
+  # lower-scoring half of the 12 images is adapted on (adapt.select=lowest)
+  assert info["select"]["kept"] == 6 and info["n_adapt_train"] == 6
+  assert info["steps"] == math.ceil(6 / 4) and info["bn_stats_used"] == "target_stats"
   assert info["stem_log_var_ratio"] < cfg.adapt.noise_ratio
   none = metrics.auroc(s["labels"], _scores(s, s["variables"], test))
   assert metrics.auroc(s["labels"], _scores(s, kept, test)) > none + 25
@@ -516,3 +520,50 @@ def test_source_criterion_is_computed_once_per_split(setup):
   assert calls[3:] == ["roda", "roda"] and cached == fresh
   run(fr, "roda", cache, imgs[:-1])                       # another split: the cache misses
   assert calls[5:] == ["roda", "roda"]
+
+
+def test_select_lowest_keeps_the_lowest_scoring_share_by_hand():
+  scores = jnp.asarray([3.0, 1.0, 2.0, 1.0, 5.0])
+  assert adapt.select_lowest(scores, 0.5).tolist() == [1, 3]          # floor(2.5) = 2; tie 1.0
+  assert adapt.select_lowest(scores, 0.6).tolist() == [1, 2, 3]
+  assert adapt.select_lowest(scores, 1.0).tolist() == [0, 1, 2, 3, 4]
+  assert adapt.select_lowest(scores, 0.01).tolist() == [1]            # at least one image
+  assert [adapt.selected_count(n, 0.5) for n in (1, 17, 20)] == [1, 8, 10]
+  with pytest.raises(ValueError, match=r"in \(0, 1\], got 0.0"):
+    adapt.select_lowest(scores, 0.0)
+
+
+def test_select_keeps_the_normal_images_of_a_shifted_split_and_adapts_on_them(setup):
+  """adapt.select=lowest on a contrast-5 target split of 8 normal + 4 defective images: the lower
+  half under the statistics the steps start from is the normals (measured: 6 of 6; the regime
+  where only these statistics rank, ELPV's inverted severity-5 splits, is measured in
+  docs/results.md); `run` then adapts on the kept images alone, as if only they were given."""
+  s = setup
+  rng = np.random.default_rng(7)
+  bad = [plant_defect(texture(rng, S), *rng.integers(S // 4, 3 * S // 4, 2), S // 8)
+         for _ in range(4)]
+  images = np.concatenate([s["clean_target"][:8], np.stack(bad)])
+  target = loops.corrupt("contrast", images, 5, jax.random.key(2), 8)
+  normal = np.arange(12) < 8
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  cfg.select, cfg.select_share, cfg.safeguard, cfg.bn_mode = "lowest", 0.5, False, "target_stats"
+  fns = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S)
+  keep, rec = tta.select_images(fns, cfg, "roda", s["variables"], s["source"], target)
+  assert rec["kept"] == len(keep) == 6 and rec["of"] == 12 and rec["indices"] == keep.tolist()
+  assert normal[keep].sum() >= 5, keep
+  assert rec["score_kept_max"] <= rec["score_median"] + 1e-6
+  kept, last, info = tta.run("roda", fns, cfg, s["variables"], s["source"], target,
+                             jax.random.key(3))
+  assert info["select"] == rec and info["n_adapt_train"] == 6 and info["steps"] == 2
+  every = cfg.copy_and_resolve_references()
+  every.select = "all"
+  assert tta.select_images(fns, every, "roda", s["variables"], s["source"], target)[1] is None
+  kept2, _, info2 = tta.run("roda", fns, every, s["variables"], s["source"], target[keep],
+                            jax.random.key(3))
+  assert "select" not in info2 and info2["bn_stats_used"] == info["bn_stats_used"]
+  moved = False
+  for a, b, c in zip(jax.tree.leaves(kept), jax.tree.leaves(kept2),
+                     jax.tree.leaves(s["variables"])):
+    np.testing.assert_array_equal(a, b)
+    moved |= not np.array_equal(a, c)
+  assert moved

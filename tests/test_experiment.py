@@ -98,7 +98,7 @@ def test_shift_and_adaptation_records_for_each_fraction(tmp_path):
   c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="3,5",
                    adapt__methods="none,bn_stats,roda", shift__adapt_fractions="0.5,1.0",
                    adapt__batch_images=2, adapt__target_patches=64, adapt__bank_patches=64,
-                   adapt__gate=0.0, adapt__safeguard=True,
+                   adapt__gate=0.0, adapt__safeguard=True, adapt__select="all",
                    shift__seeds="0,1")
   recs = train.train_and_evaluate(c, str(tmp_path / "w"))
   # 2 seeds x 2 fractions x (clean + contrast at 2 severities) x 3 methods
@@ -236,7 +236,7 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
             shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=32,
             adapt__bank_patches=32, data__categories="widget,gadget",   # banks: 38 and 51 rows
             bank_dir=str(tmp_path / "banks"), adapt__gate=0.0, adapt__safeguard=True,
-            adapt__bn_mode="prior")
+            adapt__bn_mode="prior", adapt__select="all")
   loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
   vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
                                 str(tmp_path / "vmap"))
@@ -303,11 +303,16 @@ def test_shift_gate_in_the_experiment_loop_and_vmapped(tmp_path):
       clean, shifted = by[cat, "clean", "roda"], by[cat, "contrast", "roda"]
       assert not clean["gate"]["shifted"] and clean["steps"] == 0
       assert clean["image_auroc"] == by[cat, "clean", "none"]["image_auroc"]
-      assert shifted["gate"]["shifted"] and shifted["steps"] == 3   # 6 images, batch 2
+      # 6 images, the lower-scoring 3 kept (adapt.select=lowest), batch 2
+      assert shifted["gate"]["shifted"] and shifted["select"]["kept"] == 3
+      assert shifted["steps"] == 2
       assert clean["gate"]["reference"] == shifted["gate"]["reference"]
   gate = lambda recs: sorted((r["category"], r["shift"], r["gate"]["shifted"],
                               round(r["gate"]["ratio"], 4)) for r in recs if "gate" in r)
   assert gate(loop) == gate(vm)
+  select = lambda recs: sorted((r["category"], r["shift"], tuple(r["select"]["indices"]))
+                               for r in recs if "select" in r)
+  assert select(loop) == select(vm) and len(select(loop)) == 2
 
 
 def test_stack_problem_names_why_categories_adapt_one_by_one():

@@ -45,6 +45,7 @@ def classes():
   cfg.adapt.hungarian_patches = 128
   # The vmapped pass against the loop with every stage on (the gate is tested on its own).
   cfg.adapt.gate, cfg.adapt.safeguard, cfg.adapt.bn_mode = 0.0, True, "prior"
+  cfg.adapt.select = "all"   # every image (the selection: its own test below)
   return dict(module=module, variables=variables, extract=extract, classes=out, cfg=cfg)
 
 
@@ -158,3 +159,26 @@ def test_run_classes_refuses_what_it_cannot_stack(classes):
   with pytest.raises(Exception, match="bank_patches to at most 320"):
     tta.run_classes("roda", fns_v, cfg, [s["variables"]] * 2, [cl[0]["source"], cl[1]["source"]],
                     [cl[0]["target"], cl[1]["target"]], keys)
+
+
+def test_selection_in_the_vmapped_pass_is_the_per_class_selection(classes):
+  """adapt.select=lowest: each class keeps the images `run` keeps for it (selected class by
+  class before the vmapped pass) and adapts on them as the loop does."""
+  s, cl = classes, classes["classes"]
+  cfg = s["cfg"].adapt.copy_and_resolve_references()
+  cfg.select, cfg.select_share, cfg.safeguard = "lowest", 0.5, False
+  keys = [jax.random.key(60 + c) for c in range(len(cl))]
+  targets = [np.concatenate([c["target"][:8], c["test"][6:10]]) for c in cl]  # 8 good + 4 bad
+  fns = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S)
+  loop = [tta.run("roda", fns, cfg, s["variables"], c["source"], x, k)
+          for c, x, k in zip(cl, targets, keys)]
+  fns_v = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S,
+                    classes=True)
+  kept_v, _, info_v = tta.run_classes("roda", fns_v, cfg, [s["variables"]] * len(cl),
+                                      [c["source"] for c in cl], targets, keys)
+  for (kept, _, info), kv, iv in zip(loop, kept_v, info_v):
+    assert info["select"]["indices"] == iv["select"]["indices"] and info["select"]["kept"] == 6
+    assert info["steps"] == iv["steps"] == 2
+    diffs = [np.abs(np.asarray(a) - np.asarray(b)).max()
+             for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(kv))]
+    assert max(diffs) <= 2 * 2 * cfg.lr, max(diffs)
