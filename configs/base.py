@@ -108,8 +108,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.adapt.gate_statistic = "nn_median"  # nn_median (median patch NN distance) | transport
   c.adapt.select = "lowest"        # adaptation images to adapt on (after the gate): all |
                                    # lowest (the select_share lowest-scoring under the statistics
-                                   # taken from all of them; label-free, docs/results.md "Which
-                                   # adaptation images")
+                                   # taken from all of them; label-free; docs/results.md
+                                   # "Shipped since 2026-12-06")
   c.adapt.select_share = 0.5       # lowest: share of the adaptation images kept
   c.adapt.safeguard = False        # hold out adaptation images, keep the adapted model only
                                    # if a label-free criterion improves on them (off: the

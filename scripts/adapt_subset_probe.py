@@ -12,8 +12,8 @@ their patches towards the bank. After the gate (on all images, as shipped) says
   lowhalf the lower-scoring half (label-free)
   adhalf  the lower-scoring half, scored by the model the steps start from: the source weights
           with the statistics `adapt.bn_mode` takes from all the adaptation images (label-free;
-          Session 32: where a severe shift inverts the source model's ranking, the adapted
-          statistics rank again)
+          Session 32; since then `experiments.tta.select_images`, the default
+          `adapt.select=lowest`, which this variant calls)
 A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
 feature: it monkeypatches `experiments.tta.run` and `experiments.train.Context.run_one`
 (single-category runs only; not `adapt.vmap_classes`). The rerun commands of the probe, e.g.
@@ -66,16 +66,14 @@ def run(method, fns, cfg, variables, source, images, key, progress=None, cache=N
     keep = normal
   elif V == "random":
     keep = np.sort(np.random.default_rng(cur["seed"]).permutation(len(images))[:n])
-  elif V in ("low", "lowhalf", "adhalf"):
-    scorer = variables
-    if V == "adhalf":
-      t_stats = tta.target_statistics(fns.moments, variables, images, cfg.stats_batch)
-      mode = "target_stats" if method == "bn_stats" else cfg.bn_mode
-      stats, _ = tta.chosen_statistics(mode, variables["batch_stats"], t_stats, len(images), cfg)
-      scorer = {"params": variables["params"], "batch_stats": stats}
-    z = loops.batched(fns.features, scorer, images, min(cfg.stats_batch, len(images)))
+  elif V == "adhalf":   # the library's selection, the default since 2026-12-06 (same records)
+    lowest = cfg.copy_and_resolve_references()
+    lowest.select, lowest.select_share = "lowest", 0.5
+    keep, _ = tta.select_images(fns, lowest, method, variables, source, images)
+  elif V in ("low", "lowhalf"):
+    z = loops.batched(fns.features, variables, images, min(cfg.stats_batch, len(images)))
     s = np.asarray(scoring.image_scores(scoring.patch_distances(jnp.asarray(z), source.bank)))
-    if V in ("lowhalf", "adhalf"):
+    if V == "lowhalf":
       n = max(1, len(images) // 2)
     keep = np.sort(np.argsort(s, kind="stable")[:n])
   else:
