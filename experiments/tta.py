@@ -225,6 +225,23 @@ def chosen_statistics(mode: str, source_stats, t_stats, n_target, cfg_adapt):
                  "stem_log_var_ratio": [float(r) for r in ratio], "noise_ratio": threshold}
 
 
+def start_statistics(method: str, cfg_adapt, source_stats, target: Callable[[], Any],
+                     n_target) -> tuple[Any, dict]:
+  """`(batch_stats, record)` an adaptation starts from, and the record `chosen_statistics` gives.
+
+  bn_stats always takes target statistics; other methods take `adapt.bn_mode`'s
+  (`source`: `source_stats` itself, record `{"bn_stats_used": "source"}`).
+  `target()` computes the target statistics (`target_statistics`); it is called
+  only when the mode needs them. `n_target`: images behind them (per class: an
+  array). The one place this choice is made: `select_images` (on all adaptation
+  images), `run` and `run_classes` (on the training part) call it.
+  """
+  if method != "bn_stats" and cfg_adapt.bn_mode == "source":
+    return source_stats, {"bn_stats_used": "source"}
+  mode = "target_stats" if method == "bn_stats" else cfg_adapt.bn_mode
+  return chosen_statistics(mode, source_stats, target(), n_target, cfg_adapt)
+
+
 def target_statistics(moments: Callable, variables, images: np.ndarray, batch: int,
                       axis: int = 0):
   """BatchNorm statistics of `images` (uint8), in chunks of `batch` images along `axis`.
@@ -262,8 +279,7 @@ def select_images(fns: Functions, cfg_adapt, method: str, variables: dict,
   `adapt.select = all`: every image, record None. `lowest`: the images are
   scored (PatchCore's image score against `source.bank`) under the source
   weights with the BatchNorm statistics `method` would take from all of them
-  (`adapt.bn_mode`; target statistics for bn_stats; the source model's for
-  bn_mode=source), and `rodajax.adapt.select_lowest` keeps the
+  (`start_statistics`), and `rodajax.adapt.select_lowest` keeps the
   `adapt.select_share` lowest. The statistics are then re-estimated on the kept
   images by the caller. `moments`: `fns.moments` for one class (the default) or
   a per-class wrapper (`run_classes`).
@@ -274,12 +290,11 @@ def select_images(fns: Functions, cfg_adapt, method: str, variables: dict,
   if how not in adapt.SELECTIONS:
     raise cli.UserError(f"config.adapt.select={how!r}; use one of {', '.join(adapt.SELECTIONS)}")
   share = float(cfg_adapt.get("select_share", 0.5))
-  scorer = variables
-  if method == "bn_stats" or cfg_adapt.bn_mode != "source":
-    t_stats = target_statistics(moments or fns.moments, variables, images, cfg_adapt.stats_batch)
-    mode = "target_stats" if method == "bn_stats" else cfg_adapt.bn_mode
-    stats, _ = chosen_statistics(mode, variables["batch_stats"], t_stats, len(images), cfg_adapt)
-    scorer = {"params": variables["params"], "batch_stats": stats}
+  stats, _ = start_statistics(
+      method, cfg_adapt, variables["batch_stats"],
+      lambda: target_statistics(moments or fns.moments, variables, images, cfg_adapt.stats_batch),
+      len(images))
+  scorer = {"params": variables["params"], "batch_stats": stats}
   z = loops.batched(fns.features, scorer, images, min(cfg_adapt.stats_batch, len(images)))
   # patches [n, h, w, D] (images) or [n, groups, D] (point clouds): the largest patch distance
   d = scoring.nearest_distances(jnp.asarray(z.reshape(-1, z.shape[-1])), source.bank,
@@ -476,14 +491,10 @@ def run(method: str, fns: Functions, cfg_adapt, variables: dict, source: adapt.S
   info.update({"n_adapt_train": len(train_idx), "n_holdout": len(hold_idx)})
 
   source_stats = variables["batch_stats"]
-  stats, mode = source_stats, cfg_adapt.bn_mode
-  if method == "bn_stats" or mode != "source":
-    t_stats = target_statistics(fns.moments, variables, train, cfg_adapt.stats_batch)
-    mode = "target_stats" if method == "bn_stats" else mode
-    stats, used = chosen_statistics(mode, source_stats, t_stats, len(train), cfg_adapt)
-    info.update(used)
-  else:
-    info["bn_stats_used"] = mode
+  stats, used = start_statistics(
+      method, cfg_adapt, source_stats,
+      lambda: target_statistics(fns.moments, variables, train, cfg_adapt.stats_batch), len(train))
+  info.update(used)
   start = {"params": variables["params"], "batch_stats": stats}
 
   # Candidates keep only their BatchNorm affine parameters (the rest never changes):
@@ -640,22 +651,16 @@ def run_classes(method: str, fns: Functions, cfg_adapt, variables: list[dict],
       info["select"] = record
   v0 = fns.stack(variables)
   source_stats = v0["batch_stats"]
-  stats, mode = source_stats, cfg_adapt.bn_mode
-  if method == "bn_stats" or mode != "source":
+
+  def class_stats():
     if equal:
-      t_stats = target_statistics(fns.moments, v0, np.stack(train), cfg_adapt.stats_batch, axis=1)
-    else:
-      t_stats = stack([target_statistics(lambda v, x, i=i: _per_class(fns, fns.moments, v, i, x),
-                                         v0, t, cfg_adapt.stats_batch)
-                       for i, t in enumerate(train)])
-    mode = "target_stats" if method == "bn_stats" else mode
-    # prior: Eq. 3's weight per class; routed: a choice per class
-    stats, used = chosen_statistics(mode, source_stats, t_stats, np.asarray(n_train), cfg_adapt)
-    for i, info in enumerate(infos):
-      info.update({k: v[i] if isinstance(v, list) else v for k, v in used.items()})
-  else:
-    for info in infos:
-      info["bn_stats_used"] = mode
+      return target_statistics(fns.moments, v0, np.stack(train), cfg_adapt.stats_batch, axis=1)
+    return stack([target_statistics(lambda v, x, i=i: _per_class(fns, fns.moments, v, i, x),
+                                    v0, t, cfg_adapt.stats_batch) for i, t in enumerate(train)])
+  # prior: Eq. 3's weight per class; routed: a choice per class
+  stats, used = start_statistics(method, cfg_adapt, source_stats, class_stats, np.asarray(n_train))
+  for i, info in enumerate(infos):
+    info.update({k: v[i] if isinstance(v, list) else v for k, v in used.items()})
   candidates = [adapt.split_bn(v0["params"])[0]]
   orders = [[]] * c
   if fns.step is not None:
