@@ -80,8 +80,8 @@ go e_trim_cont elpv --config.cache_dir=$R/cache_elpv --config.seeds=10 --config.
 go e_trim_cont_rev elpv --config.cache_dir=$R/cache_elpv --config.data.source=poly --config.data.targets=mono --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi,source_only
 
 # trimmed D through Tables 3 and 6 and the ELPV ablations (docs/uda.md, 2026-12-06, Session 30;
-# p_trim_f and p_trim_f_con at 10 seeds since Session 33: the workdir resumes, seeds 0-2 are reused)
-go p_trim_grl pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=adversarial --config.uda.methods=cluster_psi
+# p_trim_f, p_trim_f_con and p_trim_grl at 10 seeds since Session 33/34: the workdir resumes, seeds 0-2 are reused)
+go p_trim_grl pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=adversarial --config.uda.methods=cluster_psi
 go p_trim_f pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.methods=cluster_f
 go p_trim_f_con pacs --config.cache_dir=$R/cache --config.seeds=10 --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_f
 go p_trim_con pacs --config.cache_dir=$R/cache --config.uda.cluster=trimmed --config.uda.alignment=contrastive --config.uda.methods=cluster_psi
