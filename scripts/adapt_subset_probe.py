@@ -14,6 +14,9 @@ their patches towards the bank. After the gate (on all images, as shipped) says
           with the statistics `adapt.bn_mode` takes from all the adaptation images (label-free;
           Session 32; since then `experiments.tta.select_images`, the default
           `adapt.select=lowest`, which this variant calls)
+  adhalf_allstats  adhalf's kept half for the steps, but the BatchNorm statistics taken from
+          all the adaptation images (Session 34: is the -25 of ELPV mono brightness 3 under
+          the selection the statistics of 10 images instead of 20?)
 A probe behind docs/results.md "Which adaptation images" (2026-12-06), not a library
 feature: it monkeypatches `experiments.tta.run` and `experiments.train.Context.run_one`
 (single-category runs only; not `adapt.vmap_classes`). The rerun commands of the probe, e.g.
@@ -66,7 +69,7 @@ def run(method, fns, cfg, variables, source, images, key, progress=None, cache=N
     keep = normal
   elif V == "random":
     keep = np.sort(np.random.default_rng(cur["seed"]).permutation(len(images))[:n])
-  elif V == "adhalf":   # the library's selection, the default since 2026-12-06 (same records)
+  elif V in ("adhalf", "adhalf_allstats"):   # the library's selection (default since 2026-12-06)
     lowest = cfg.copy_and_resolve_references()
     lowest.select, lowest.select_share = "lowest", 0.5
     keep, _ = tta.select_images(fns, lowest, method, variables, source, images)
@@ -80,8 +83,15 @@ def run(method, fns, cfg, variables, source, images, key, progress=None, cache=N
     raise ValueError(V)
   cfg2 = cfg.copy_and_resolve_references()
   cfg2.gate, cfg2.select = 0.0, "all"   # the probe selects; since 2026-12-06 adhalf is the default
-  kept, last, info = _run(method, fns, cfg2, variables, source, images[keep], key, progress,
-                          None, reference)
+  target_statistics = tta.target_statistics
+  if V == "adhalf_allstats":   # statistics of every adaptation image, whatever `run` asks of
+    tta.target_statistics = (lambda moments, variables_, _train, batch, axis=0:
+                             target_statistics(moments, variables_, images, batch, axis))
+  try:
+    kept, last, info = _run(method, fns, cfg2, variables, source, images[keep], key, progress,
+                            None, reference)
+  finally:
+    tta.target_statistics = target_statistics
   info["gate"] = gate
   info["probe"] = {"variant": V, "kept": int(len(keep)), "of": int(len(images)),
                    "normals_kept": int((labels[keep] == 0).sum()),
