@@ -179,7 +179,8 @@ def create(name: str, weights: str | os.PathLike | None = None, *,
   if weights is None:
     full = build(name)
     shape = (1, 16, 3) if name == "pointnet" else (1, 64, 64, 3)
-    # One compiled program instead of op-by-op dispatch: 2x faster, bitwise the same values.
+    # One compiled program instead of op-by-op dispatch: bitwise the same values, 1.5-2x faster
+    # (resnet18 12.1 -> 8.3 s, Lite0 40.8 -> 19.7 s on 2 busy cores, 2026-12-07).
     variables = jax.jit(full.init)(jax.random.key(seed), jnp.zeros(shape, jnp.float32))
     variables = jax.tree.map(np.asarray, dict(variables))
   else:
