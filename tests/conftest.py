@@ -12,12 +12,19 @@ import tempfile
 # session starts cold, so no state carries over between runs. Measured on 3 tests of
 # test_adapt.py alone on 2 cores: 121 s -> 80 s (test_adaptation_is_deterministic, which
 # adapts twice, 55 s -> 13 s; benchmarks/README.md). A cache the user set is left as it is.
-if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-  _XLA_CACHE = {"jax_compilation_cache_dir": tempfile.mkdtemp(prefix="rodajax-tests-xla-"),
+# Under pytest-xdist (pyproject.toml: two workers) the controller makes the folder and each
+# worker writes its own subfolder: JAX writes cache entries without a lock, so two processes
+# must not share one.
+_OWNED = "RODAJAX_TESTS_XLA_CACHE"   # set when the folder is this test session's own
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ or _OWNED in os.environ:
+  if _OWNED not in os.environ:       # the controller (or a run without workers)
+    os.environ[_OWNED] = tempfile.mkdtemp(prefix="rodajax-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ[_OWNED], ignore_errors=True)
+  _XLA_CACHE = {"jax_compilation_cache_dir": os.path.join(
+                    os.environ[_OWNED], os.environ.get("PYTEST_XDIST_WORKER", "main")),
                 "jax_persistent_cache_min_compile_time_secs": 0.0,
                 "jax_persistent_cache_min_entry_size_bytes": -1}
   os.environ.update({k.upper(): str(v) for k, v in _XLA_CACHE.items()})
-  atexit.register(shutil.rmtree, _XLA_CACHE["jax_compilation_cache_dir"], ignore_errors=True)
   if "jax" in sys.modules:   # imported before this file (a plugin): set it there too
     import jax
     for k, v in _XLA_CACHE.items():

@@ -26,6 +26,11 @@ def _centre_crop(path):
   return (im[t:t + 224, l:l + 224] - MEAN) / STD
 
 
+def _apply(module, variables, x):
+  """module.apply in inference mode, jitted (eagerly, every op of the network compiles alone)."""
+  return jax.jit(lambda v, x: module.apply(v, x, train=False))(variables, x)
+
+
 @pytest.fixture(scope="module")
 def lite0():
   return backbones.create("efficientnet_lite0", "pretrained")
@@ -34,7 +39,7 @@ def lite0():
 def _check_lite0(lite0, files, group):
   module, variables = lite0
   x = jnp.asarray(np.stack([_centre_crop(f) for f in files]))
-  out = module.apply(variables, x, train=False)
+  out = _apply(module, variables, x)
   np.testing.assert_allclose(out["logits"], GOLD[f"lite0_{group}_logits"], atol=1e-3, rtol=0)
   np.testing.assert_allclose(out["stage3"].mean(axis=(1, 2)), GOLD[f"lite0_{group}_stage3_mean"], atol=1e-4)
   np.testing.assert_allclose(out["stage5"].mean(axis=(1, 2)), GOLD[f"lite0_{group}_stage5_mean"], atol=1e-4)
@@ -66,7 +71,7 @@ def test_resnet_matches_torchvision(name, tmp_path):
   path = tmp_path / "w.npz"
   np.savez(path, **sd)
   module, variables = backbones.create(name, str(path))
-  out = module.apply(variables, jnp.asarray(make_images(2, 64, seed=1)), train=False)
+  out = _apply(module, variables, jnp.asarray(make_images(2, 64, seed=1)))
   scale = np.abs(GOLD[f"{name}_logits"]).max()
   np.testing.assert_allclose(out["logits"], GOLD[f"{name}_logits"], atol=1e-4 * scale + 1e-4)
   np.testing.assert_allclose(out["layer2"].mean(axis=(1, 2)), GOLD[f"{name}_layer2_mean"], atol=1e-4)
@@ -87,11 +92,12 @@ def test_taps_stop_early_and_train_mode_uses_batch_stats(lite0):
   module, variables = lite0
   early = backbones.build("efficientnet_lite0", taps=("stage3",))
   x = jnp.asarray(make_images(2, 64, seed=3))
-  full = module.apply(variables, x)
-  part = early.apply(variables, x)
+  full = _apply(module, variables, x)
+  part = _apply(early, variables, x)
   assert "logits" not in part and "stage5" not in part
   np.testing.assert_allclose(part["stage3"], full["stage3"], atol=1e-6)
-  train_out, updates = module.apply(variables, x, train=True, mutable=["batch_stats"])
+  train_out, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, x)
   assert not np.allclose(train_out["stage3"], full["stage3"], atol=1e-3)
   assert set(updates) == {"batch_stats"}
 
@@ -213,7 +219,8 @@ def test_depthwise_switch_gives_the_same_network(lite0):
     def loss(params):
       y = m.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=False)
       return jnp.sum(y["stage3"] ** 2), y
-    (_, out[impl]), grads[impl] = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+    (_, out[impl]), grads[impl] = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+        variables["params"])
   for tap in ("stage3",):
     np.testing.assert_allclose(out["shifted"][tap], out["conv"][tap], rtol=1e-4, atol=1e-4)
   for (k, a), (_, b) in zip(sorted(traverse_util.flatten_dict(grads["shifted"]).items()),

@@ -257,39 +257,18 @@ def test_vmapped_categories_give_the_loops_records(tmp_path):
       assert b["vmap_classes"] == 2
 
 
-def test_routed_statistics_in_the_loop_and_vmapped(tmp_path):
-  """bn_mode=routed: gaussian noise raises the stem's variance (geometric statistics), contrast
-  lowers it (target statistics); the vmapped pass decides per category as the loop does."""
-  write_mvtec(tmp_path / "data", "widget", n_train=6, n_good=6, n_bad=6, size=64, seed=0)
-  write_mvtec(tmp_path / "data", "gadget", n_train=6, n_good=6, n_bad=6, size=64, seed=1)
-  kw = dict(shift__corruptions="gaussian_noise,contrast", adapt__methods="roda",
-            shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=32,
-            adapt__bank_patches=32, data__categories="widget,gadget",
-            bank_dir=str(tmp_path / "banks"), adapt__gate=0.0, adapt__bn_mode="routed")
-  loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
-  vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
-                                str(tmp_path / "vmap"))
-  key = lambda r: (r["category"], r["shift"])
-  loop, vm = sorted(loop, key=key), sorted(vm, key=key)
-  assert [key(r) for r in loop] == [key(r) for r in vm] and len(loop) == 4
-  for a, b in zip(loop, vm):
-    want = "geometric" if a["shift"] == "gaussian_noise" else "target_stats"
-    assert a["bn_stats_used"] == b["bn_stats_used"] == want, key(a)
-    assert (a["stem_log_var_ratio"] > 1.2) == (a["shift"] == "gaussian_noise")
-    assert abs(a["stem_log_var_ratio"] - b["stem_log_var_ratio"]) < 1e-4
-    assert a["image_auroc"] == b["image_auroc"], key(a)
-
-
-def test_shift_gate_in_the_experiment_loop_and_vmapped(tmp_path):
-  """The shipped defaults: clean targets keep the source model (records equal none's), a
-  contrast shift is adapted; the gate's reference is cached next to the bank; the vmapped pass
-  takes the same decisions."""
+def test_shift_gate_and_routed_statistics_in_the_experiment_loop_and_vmapped(tmp_path):
+  """The shipped defaults: clean targets keep the source model (records equal none's), shifted
+  ones are adapted; the gate's reference is cached next to the bank. bn_mode=routed: gaussian
+  noise raises the stem's variance (geometric statistics), contrast lowers it (target
+  statistics). The vmapped pass takes the same decisions per category as the loop."""
   write_mvtec(tmp_path / "data", "widget", n_train=10, n_good=6, n_bad=6, size=64, seed=0)
   write_mvtec(tmp_path / "data", "gadget", n_train=10, n_good=6, n_bad=6, size=64, seed=1)
-  kw = dict(shift__corruptions="clean,contrast", shift__severities="5", adapt__methods="none,roda",
-            shift__adapt_fraction=0.5, adapt__batch_images=2, adapt__target_patches=64,
-            adapt__bank_patches=64, data__categories="widget,gadget",
+  kw = dict(shift__corruptions="clean,gaussian_noise,contrast", shift__severities="5",
+            adapt__methods="none,roda", shift__adapt_fraction=0.5, adapt__batch_images=2,
+            adapt__target_patches=64, adapt__bank_patches=64, data__categories="widget,gadget",
             bank_dir=str(tmp_path / "banks"))
+  assert base_config().adapt.bn_mode == "routed"
   loop = train.train_and_evaluate(_tiny_config(tmp_path / "data", **kw), str(tmp_path / "loop"))
   refs = sorted(f for f in os.listdir(tmp_path / "banks") if f.endswith(".gate.json"))
   assert len(refs) == 2
@@ -297,22 +276,34 @@ def test_shift_gate_in_the_experiment_loop_and_vmapped(tmp_path):
   assert (ref["n_held"], ref["n_kept"]) == (2, 8) and ref["reference"] > 0
   vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True, **kw),
                                 str(tmp_path / "vmap"))
+  stats = {"gaussian_noise": "geometric", "contrast": "target_stats"}
   for recs in (loop, vm):
     by = {(r["category"], r["shift"], r["method"]): r for r in recs}
+    assert len(by) == len(recs) == 2 * 3 * 2
     for cat in ("widget", "gadget"):
-      clean, shifted = by[cat, "clean", "roda"], by[cat, "contrast", "roda"]
+      clean = by[cat, "clean", "roda"]
       assert not clean["gate"]["shifted"] and clean["steps"] == 0
       assert clean["image_auroc"] == by[cat, "clean", "none"]["image_auroc"]
-      # 6 images, the lower-scoring 3 kept (adapt.select=lowest), batch 2
-      assert shifted["gate"]["shifted"] and shifted["select"]["kept"] == 3
-      assert shifted["steps"] == 2
-      assert clean["gate"]["reference"] == shifted["gate"]["reference"]
+      for shift, want in stats.items():
+        shifted = by[cat, shift, "roda"]
+        # 6 images, the lower-scoring 3 kept (adapt.select=lowest), batch 2
+        assert shifted["gate"]["shifted"] and shifted["select"]["kept"] == 3, (cat, shift)
+        assert shifted["steps"] == 2
+        assert clean["gate"]["reference"] == shifted["gate"]["reference"]
+        assert shifted["bn_stats_used"] == want, (cat, shift)
+        assert (shifted["stem_log_var_ratio"] > 1.2) == (shift == "gaussian_noise")
   gate = lambda recs: sorted((r["category"], r["shift"], r["gate"]["shifted"],
                               round(r["gate"]["ratio"], 4)) for r in recs if "gate" in r)
   assert gate(loop) == gate(vm)
   select = lambda recs: sorted((r["category"], r["shift"], tuple(r["select"]["indices"]))
                                for r in recs if "select" in r)
-  assert select(loop) == select(vm) and len(select(loop)) == 2
+  assert select(loop) == select(vm) and len(select(loop)) == 4
+  key = lambda r: (r["category"], r["shift"], r["method"])
+  for a, b in zip(sorted(loop, key=key), sorted(vm, key=key)):
+    assert key(a) == key(b) and a["image_auroc"] == b["image_auroc"], key(a)
+    assert a.get("bn_stats_used") == b.get("bn_stats_used"), key(a)
+    if "stem_log_var_ratio" in a:
+      assert abs(a["stem_log_var_ratio"] - b["stem_log_var_ratio"]) < 1e-4
 
 
 def test_stack_problem_names_why_categories_adapt_one_by_one():

@@ -179,12 +179,13 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   from rodajax.features import crop_and_normalise
   imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
                    for _ in range(40)]).astype(np.uint8)
-  trunk = uda.trunk_features(module, variables, start)
+  trunk = jax.jit(uda.trunk_features(module, variables, start))   # eager: ~400 op compiles
   hs = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   model, v = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs))
   # f = head(tail(trunk(x))): the split EfficientNet equals the whole one.
-  full = module.apply(variables, crop_and_normalise(jnp.asarray(imgs[:4]), 64))["pooled"]
-  np.testing.assert_allclose(model.apply(v, hs[:4]), full @ v["params"]["head"]["kernel"],
+  full = jax.jit(lambda x: module.apply(variables, x)["pooled"])(
+      crop_and_normalise(jnp.asarray(imgs[:4]), 64))
+  np.testing.assert_allclose(jax.jit(model.apply)(v, hs[:4]), full @ v["params"]["head"]["kernel"],
                              rtol=1e-3, atol=1e-4)
   s = uda.Settings(alignment="none", steps=15, batch=16, lr=1e-3)
   fns = uda_train.StepFunctions().step(model, s, uda.init_params(model, v, jax.random.key(2)))
@@ -225,6 +226,8 @@ def test_trunk_then_tail_is_the_whole_backbone(name, stage):
   module, variables = backbones.create(name, None, seed=3)
   x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
   start = uda.stage_start(module, stage)
+  # Eager here: a ResNet-18 at 2 x 64 x 64 compiles slower as three jitted programs (32 s in
+  # the xdist run) than op by op (17 s), whose op compilations the next case reuses.
   h = uda.trunk_features(module, variables, start)(x)
   full = module.apply(variables, x, train=False)["pooled"]
   tail = uda.tail_module(module, start)
@@ -382,7 +385,7 @@ def test_runs_trained_together_equal_one_by_one(lite, alignment, class_batch):
   from rodajax.features import crop_and_normalise
   imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
                    for _ in range(48)]).astype(np.uint8)
-  trunk = uda.trunk_features(module, variables, start)
+  trunk = jax.jit(uda.trunk_features(module, variables, start))
   h = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   s = uda.Settings(alignment=alignment, steps=5, batch=8, lr=1e-3)
   runs = []
