@@ -78,22 +78,24 @@ def test_padded_bank_draws_the_same_transport_subsets():
 
 @pytest.fixture(scope="module")
 def loop_runs(classes):
-  """`tta.run` class by class (roda), shared by the class_batch cases."""
+  """`tta.run` class by class (roda)."""
   s, cl = classes, classes["classes"]
   fns = tta.build("roda", s["cfg"].adapt, s["module"], s["extract"], s["variables"]["params"], S)
   return [tta.run("roda", fns, s["cfg"].adapt, s["variables"], c["source"], c["target"],
                   jax.random.key(50 + i)) for i, c in enumerate(cl)]
 
 
-@pytest.mark.parametrize("method,class_batch", [("roda", 0), ("roda", 1)])
-def test_vmapped_classes_equal_the_per_class_loop(classes, loop_runs, method, class_batch):
-  """class_batch 0: one vmap over the classes; 1: class after class in one program. roda covers
-  the OT step, the prior-mixed statistics and the safeguard (moment / kl / hungarian / bn_stats go
-  through the same step and statistics code; tests/test_experiment.py runs kl through the class
-  path; for CI time the other methods are not repeated here)."""
-  s, cl = classes, classes["classes"]
+def test_vmapped_classes_equal_the_per_class_loop(classes, loop_runs):
+  """Adapted in one vmap over the classes (class_batch 0, the accelerators' default) and scored
+  with class_batch 0 and 1 (1: class after class in one program). roda covers the OT step, the
+  prior-mixed statistics and the safeguard (moment / kl / hungarian / bn_stats go through the
+  same step and statistics code; tests/test_experiment.py runs kl through the class path). The
+  adaptation with class_batch 1 (the CPU default) is checked against the loop by the selection
+  test below and, record by record, by tests/test_experiment.py's vmapped experiment; for CI
+  time it is not repeated here."""
+  method, s, cl = "roda", classes, classes["classes"]
   cfg = s["cfg"].adapt.copy_and_resolve_references()
-  cfg.class_batch = str(class_batch)
+  cfg.class_batch = "0"
   keys = [jax.random.key(50 + c) for c in range(len(cl))]
   loop = loop_runs
   fns_v = tta.build(method, cfg, s["module"], s["extract"], s["variables"]["params"], S,
@@ -102,22 +104,24 @@ def test_vmapped_classes_equal_the_per_class_loop(classes, loop_runs, method, cl
                                            [c["source"] for c in cl], [c["target"] for c in cl],
                                            keys)
   predict = patchcore.make_predict(s["extract"], S)
-  predict_v = patchcore.make_class_predict(s["extract"], s["variables"]["params"], S,
-                                           class_batch=class_batch)
+  predict_v = {cb: patchcore.make_class_predict(s["extract"], s["variables"]["params"], S,
+                                                class_batch=cb) for cb in (0, 1)}
   banks, valid = scoring.pad_banks([c["bank"].bank for c in cl])
   banks, valid = jnp.asarray(banks), jnp.asarray(valid)
   tests = jnp.asarray(np.stack([c["test"] for c in cl]))
-  # Scoring alone, on the loop's adapted variables: one vmapped call == class by class.
-  scores_l, maps_l = predict_v(adapt.stack_classes([r[0] for r in loop]), banks, valid, tests)
+  # Scoring alone, on the loop's adapted variables: one class-mapped call == class by class.
+  scored_l = {cb: p(adapt.stack_classes([r[0] for r in loop]), banks, valid, tests)
+              for cb, p in predict_v.items()}
   # Adapted and scored in the vmapped path.
-  scores_v, _ = predict_v(adapt.stack_classes(kept_v), banks, valid, tests)
+  scores_v, _ = predict_v[0](adapt.stack_classes(kept_v), banks, valid, tests)
   moved = False
   for i, (c, (kept, last, info)) in enumerate(zip(cl, loop)):
     sc, mp = predict(kept, jnp.asarray(c["bank"].bank), jnp.asarray(c["test"]))
-    np.testing.assert_allclose(scores_l[i], sc, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(maps_l[i], mp, rtol=1e-5, atol=1e-5)
     auc = metrics.auroc(c["labels"], np.asarray(sc))
-    assert metrics.auroc(c["labels"], np.asarray(scores_l[i])) == auc
+    for scores_l, maps_l in scored_l.values():
+      np.testing.assert_allclose(scores_l[i], sc, rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(maps_l[i], mp, rtol=1e-5, atol=1e-5)
+      assert metrics.auroc(c["labels"], np.asarray(scores_l[i])) == auc
     # The adaptation: the vmapped convolutions batch C x B images where the loop batches B,
     # which rounds differently (~1e-6 relative); Adam's normalised step m / sqrt(v) turns a
     # rounding difference in a near-zero gradient into up to one step (lr) on that parameter.
@@ -163,10 +167,11 @@ def test_run_classes_refuses_what_it_cannot_stack(classes):
 
 def test_selection_in_the_vmapped_pass_is_the_per_class_selection(classes):
   """adapt.select=lowest: each class keeps the images `run` keeps for it (selected class by
-  class before the vmapped pass) and adapts on them as the loop does."""
+  class before the class-mapped pass) and adapts on them as the loop does, here with
+  class_batch 1 (the CPU default: class after class in one program)."""
   s, cl = classes, classes["classes"]
   cfg = s["cfg"].adapt.copy_and_resolve_references()
-  cfg.select, cfg.select_share, cfg.safeguard = "lowest", 0.5, False
+  cfg.select, cfg.select_share, cfg.safeguard, cfg.class_batch = "lowest", 0.5, False, "1"
   keys = [jax.random.key(60 + c) for c in range(len(cl))]
   targets = [np.concatenate([c["target"][:8], c["test"][6:10]]) for c in cl]  # 8 good + 4 bad
   fns = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S)
