@@ -89,10 +89,9 @@ def test_vmapped_classes_equal_the_per_class_loop(classes, loop_runs):
   """Adapted in one vmap over the classes (class_batch 0, the accelerators' default) and scored
   with class_batch 0 and 1 (1: class after class in one program). roda covers the OT step, the
   prior-mixed statistics and the safeguard (moment / kl / hungarian / bn_stats go through the
-  same step and statistics code; tests/test_experiment.py runs kl through the class path). The
-  adaptation with class_batch 1 (the CPU default) is checked against the loop by the selection
-  test below and, record by record, by tests/test_experiment.py's vmapped experiment; for CI
-  time it is not repeated here."""
+  same step and statistics code). The adaptation with class_batch 1 (the CPU default) is checked
+  against the loop by the selection test below; for CI time it is not repeated here
+  (tests/test_experiment.py's vmapped experiment uses class_batch 0)."""
   method, s, cl = "roda", classes, classes["classes"]
   cfg = s["cfg"].adapt.copy_and_resolve_references()
   cfg.class_batch = "0"
