@@ -5,7 +5,8 @@
 Each class: its own memory bank (texture images, EfficientNet-Lite0 stage3 +
 stage5 features), 12 target images under contrast (severity 5), RoDA with the
 default settings scaled to the image size (one pass, batch 4, safeguard on,
-256 x 256 transport problems), then 12 test images scored. Loop =
+256 x 256 transport problems, the shift gate off so that every class adapts), then 12 test
+images scored. Loop =
 `tta.run` + `make_predict` class by class; vmap = `tta.run_classes` +
 `make_class_predict` with `adapt.class_batch=0` (every class in one vmap) and
 grouped = `class_batch=1` (`lax.map` class after class inside one program, the
@@ -63,6 +64,7 @@ def main():
   classes = make_classes(max(counts), s, jax.jit(extract), variables)
   cfg = base.get_base_config().adapt
   cfg.batch_images = 4
+  cfg.gate = 0          # every class adapts (the gate would need a clean reference per class)
   cfg.target_patches = cfg.bank_patches = 256
   params = variables["params"]
   fns = tta.build("roda", cfg, module, extract, params, s)

@@ -3,7 +3,8 @@
 The test suite's time is mostly XLA compilation (benchmarks/README.md "The test suite"). This
 compiles, in a fresh process per XLA setting, the programs the tests compile most often, at the
 tests' sizes (EfficientNet-Lite0 random init, 64 px, 2 images x 4 views, 32 + 32 patches per
-transport problem, a 51-row bank), and prints the median of `--repeats` runs:
+transport problem, a 51-row bank; the class steps map the roda step over 2 classes as
+`adapt.class_map` does), and prints the median of `--repeats` runs:
 
   python benchmarks/step_compile.py                 # XLA_FLAGS "" and --xla_backend_optimization_level=0
   python benchmarks/step_compile.py --flags ""      # one setting
@@ -35,9 +36,18 @@ s = tta.settings(cfg, "roda")
 opt = adapt.make_optimizer(variables["params"], 1e-3)
 state, key = adapt.init_state(variables, opt), jax.random.key(0)
 crit = lambda v, x, k: adapt.holdout_criterion(extract(v, x).reshape(2, -1, d), source, k, s)
+step = adapt.make_step(s, extract, opt)
+two = lambda t: jax.tree.map(lambda a: jnp.stack([a, a]), t)   # 2 classes on a leading axis
+args2 = (two(state), two(source), jnp.stack([imgs, imgs]), jax.random.split(key, 2))
+one_at = lambda i, args: step(*jax.tree.map(lambda a: a[i], args))
 out = {}
 for name, fn, args in (
-    ("step (roda)", adapt.make_step(s, extract, opt), (state, source, imgs, key)),
+    ("step (roda)", step, (state, source, imgs, key)),
+    ("class step, 2 classes: one vmap (class_batch 0)", adapt.class_map(step, (0,) * 4, 0), args2),
+    ("class step, 2 classes: lax.map, no vmap (class_batch 1)", adapt.class_map(step, (0,) * 4, 1),
+     args2),
+    ("class step, 2 classes: lax.map over vmaps of 1 (class_batch 1 before 2026-12-07)",
+     lambda *a: jax.lax.map(lambda i: one_at(i, a), jnp.arange(2), batch_size=1), args2),
     ("step (moment)", adapt.make_step(dataclasses.replace(s, method="moment"), extract, opt),
      (state, source, imgs, key)),
     ("held-out criterion", crit, (variables, imgs, key))):
