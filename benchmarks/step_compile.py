@@ -4,7 +4,8 @@ The test suite's time is mostly XLA compilation (benchmarks/README.md "The test 
 compiles, in a fresh process per XLA setting, the programs the tests compile most often, at the
 tests' sizes (EfficientNet-Lite0 random init, 64 px, 2 images x 4 views, 32 + 32 patches per
 transport problem, a 51-row bank; the class steps map the roda step over 2 classes as
-`adapt.class_map` does), and prints the median of `--repeats` runs:
+`adapt.class_map` does, every leaf of the state per class where the experiments share the frozen
+weights), and prints the median of `--repeats` runs:
 
   python benchmarks/step_compile.py                 # XLA_FLAGS "" and --xla_backend_optimization_level=0
   python benchmarks/step_compile.py --flags ""      # one setting

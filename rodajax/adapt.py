@@ -188,7 +188,7 @@ def class_map(fn: Callable, in_axes: tuple, batch_size: int = 0) -> Callable:
   vmapped; k = 1 runs `lax.map` over the classes with no vmap inside (on a
   CPU: class after class inside one compiled program, no per-class
   dispatch, no batched-kernel overhead, and less to compile than a vmap of
-  size 1 per group: 0.70x at the test suite's `-O0`, benchmarks/step_compile.py).
+  size 1 per group: benchmarks/README.md, "Session 37").
   Either way the result equals `fn` applied class by class.
   """
   if batch_size <= 0:
