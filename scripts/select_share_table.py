@@ -17,12 +17,13 @@ shares = sorted(d for d in os.listdir(ROOT) if d != "banks")
 labels = {}
 
 
-def labels_of(wd, cat):
-  if (wd, cat) not in labels:
+def labels_of(wd, ds_name, cat):
+  """Test labels and adaptation fraction of a set, loaded once (every share has the same data)."""
+  if (ds_name, cat) not in labels:
     cfg = ml_collections.ConfigDict(json.load(open(os.path.join(wd, "config.json"))))
     ds = data.load(cfg.data, cat, seed=cfg.seed)
-    labels[wd, cat] = (np.asarray(ds.test.labels), float(cfg.shift.adapt_fraction))
-  return labels[wd, cat]
+    labels[ds_name, cat] = (np.asarray(ds.test.labels), float(cfg.shift.adapt_fraction))
+  return labels[ds_name, cat]
 
 
 rows = collections.defaultdict(dict)
@@ -57,7 +58,7 @@ for key in sorted(rows, key=lambda k: (k[0] != "bottle", k[0] != "tire", k[1], k
     kept = normal = 0
     for (sh, s), r in got.items():
       if s not in SEEDS or not r.get("select"): continue
-      lab, frac = labels_of(os.path.join(ROOT, share, key[0]), key[1])
+      lab, frac = labels_of(os.path.join(ROOT, share, key[0]), key[0], key[1])
       a, _ = target_split(len(lab), frac, s)
       idx = np.asarray(r["select"]["indices"])
       kept += len(idx); normal += int((lab[a][idx] == 0).sum())
