@@ -8,16 +8,13 @@
 #   METHODS=roda SHARES=0.75 SETS=elpv bash scripts/select_share_sweep.sh
 set -e
 . .venv/bin/activate
+. scripts/dev_sets.sh
 R=${R:-runs/s37/share}; S=gaussian_noise,defocus_blur,brightness,contrast
 for SHARE in ${SHARES:-0.25 0.75}; do
 C="--config.shift.corruptions=$S --config.shift.severities=${SEVS:-1,3,5} --config.shift.seeds=${SEEDS:-0,1,2} --config.adapt.methods=${METHODS:-none,roda} --config.adapt.select_share=$SHARE"
 for SET in ${SETS:-elpv bottle tire}; do
 echo "== share $SHARE $SET $(date +%T)"
-case $SET in
-bottle) python -m experiments.roda --config configs/mvtec.py $C --workdir $R/$SHARE/bottle --config.bank_dir=$R/banks/bottle ;;
-elpv) python -m experiments.roda --config configs/elpv.py --config.shift.adapt_fraction=0.2 --config.data.max_test_normal=50 --config.data.max_test_anomalous=50 $C --workdir $R/$SHARE/elpv --config.bank_dir=$R/banks/elpv ;;
-tire) python -m experiments.roda --config configs/mvtec.py --config.data.name=mvtec3d --config.data.root=../shared/data/mvtec_3d --config.data.categories=tire $C --workdir $R/$SHARE/tire --config.bank_dir=$R/banks/tire ;;
-esac
+dev_set $SET $R/$SHARE/$SET $R/banks/$SET $C
 done
 done
 echo "== done $(date +%T)"
