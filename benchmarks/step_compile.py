@@ -7,7 +7,8 @@ transport problem, a 51-row bank; the class steps map the roda step over 2 class
 `adapt.class_map` does, every leaf of the state per class where the experiments share the frozen
 weights), and prints the median of `--repeats` runs:
 
-  python benchmarks/step_compile.py                 # XLA_FLAGS "" and --xla_backend_optimization_level=0
+  python benchmarks/step_compile.py                 # XLA_FLAGS "", -O0, and -O0 without the
+                                                    # fusion emitters (the test session's flags)
   python benchmarks/step_compile.py --flags ""      # one setting
 """
 import argparse
@@ -74,10 +75,13 @@ def measure(flags: str) -> dict:
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--flags", action="append",
-                  help='XLA_FLAGS per setting (repeatable; default: "" and -O0)')
+                  help='XLA_FLAGS per setting (repeatable; default: "", -O0, and -O0 '
+                       'with --xla_cpu_use_fusion_emitters=false)')
   ap.add_argument("--repeats", type=int, default=3)
   a = ap.parse_args()
-  settings = a.flags if a.flags is not None else ["", "--xla_backend_optimization_level=0"]
+  o0 = "--xla_backend_optimization_level=0"
+  settings = a.flags if a.flags is not None else [
+      "", o0, f"{o0} --xla_cpu_use_fusion_emitters=false"]   # the last: tests/conftest.py
   runs = {f: [measure(f) for _ in range(a.repeats)] for f in settings}
   names = list(next(iter(runs.values()))[0])
   med = lambda xs: sorted(xs)[len(xs) // 2]

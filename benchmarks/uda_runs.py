@@ -10,6 +10,7 @@ source / target subsets and dominant set, as the one-vs-all protocol's runs do. 
 `--repeats` after a warm-up; the runs' final losses are compared in the same run.
 """
 import argparse
+import functools
 import statistics
 import time
 
@@ -26,7 +27,7 @@ from rodajax.features import crop_and_normalise
 
 def trunk(cell, n, module, variables, start):
   imgs = load_elpv(cell, 224, seed=0).train.images[:n]
-  fn = jax.jit(uda.trunk_features(module, variables, start))
+  fn = functools.partial(jax.jit(uda.trunk_features(module, start)), variables)
   return np.concatenate([np.asarray(fn(crop_and_normalise(jnp.asarray(imgs[i:i + 16]), 224)))
                          for i in range(0, n, 16)])
 

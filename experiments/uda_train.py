@@ -10,6 +10,7 @@ as they come, and a rerun skips those already there.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -119,6 +120,13 @@ class FeatureCache:
       self.psi_file = load_psi_file(psi[len("file:"):], config.data.root)
     elif psi != "f":
       self.psi_module, self.psi_vars = backbones.create(psi, "pretrained")
+    # Jitted once per cache, the weights passed as arguments: every domain (and every batch of
+    # the same shape) reuses one compiled program for each encoder.
+    self._trunk_fn = jax.jit(uda.trunk_features(self.backbone, self.start))
+    self._psi_fn = None
+    if self.psi_module is not None:
+      m = self.psi_module
+      self._psi_fn = jax.jit(lambda v, x: m.apply(v, x, train=False)["pooled"])
 
   def _path(self, domain, what, encoder):
     c = self.config
@@ -161,10 +169,9 @@ class FeatureCache:
     size, bs = self.config.data.resize, self.config.batch_size
     fns = {}
     if "trunk" in todo:
-      fns["trunk"] = jax.jit(uda.trunk_features(self.backbone, self.vars, self.start))
+      fns["trunk"] = functools.partial(self._trunk_fn, self.vars)
     if "psi" in todo:
-      m, v = self.psi_module, self.psi_vars
-      fns["psi"] = jax.jit(lambda x: m.apply(v, x, train=False)["pooled"])
+      fns["psi"] = functools.partial(self._psi_fn, self.psi_vars)
     if self.config.data.get("tfds_dir", ""):   # images prepared once into ArrayRecord (tfds)
       from rodajax.data import prepared
       pixels = prepared.load_domain(self.index[domain], size, self.config.data.tfds_dir,

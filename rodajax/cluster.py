@@ -21,6 +21,8 @@ K and does not split the normal class into appearance modes.
 """
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,7 @@ def largest(labels: jax.Array, k: int) -> jax.Array:
   return labels == jnp.argmax(counts)
 
 
+@functools.partial(jax.jit, static_argnames=("keep", "iterations"))
 def trimmed_mean_mask(x: jax.Array, keep: int, iterations: int = 20) -> jax.Array:
   """Trimmed K-means with K = 1: mask `[n]` bool of the `keep` samples of `x [n, D]`
   nearest to the mean of those same samples.

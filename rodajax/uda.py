@@ -124,11 +124,16 @@ def init_model(backbone: Backbone, backbone_vars: dict, start_block: int,
                  "batch_stats": traverse_util.unflatten_dict(stats)}
 
 
-def trunk_features(backbone: Backbone, backbone_vars: dict, start_block: int) -> Callable:
-  """Jit-able `images (ImageNet-normalised) [B, H, W, 3] -> trunk output` (frozen)."""
+def trunk_features(backbone: Backbone, start_block: int) -> Callable:
+  """Jit-able `(backbone_vars, images (ImageNet-normalised) [B, H, W, 3]) -> trunk output`.
+
+  The frozen trunk (inference-mode BatchNorm). The weights are an argument, not
+  constants closed over: one compiled program serves every domain and batch of
+  the same shape, and the program carries no copy of the weights.
+  """
   tap = trunk_tap(backbone, start_block)
   m = backbone.clone(taps=(tap,))
-  return lambda x: m.apply(backbone_vars, x, train=False)[tap]
+  return lambda backbone_vars, x: m.apply(backbone_vars, x, train=False)[tap]
 
 
 def param_labels(params, trainable: str = "bn_head", bn_bias: str = "frozen"):

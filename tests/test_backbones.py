@@ -95,7 +95,9 @@ def test_taps_stop_early_and_train_mode_uses_batch_stats(lite0):
   full = _apply(module, variables, x)
   part = _apply(early, variables, x)
   assert "logits" not in part and "stage5" not in part
-  np.testing.assert_allclose(part["stage3"], full["stage3"], atol=1e-6)
+  # Two programs of the same network: equal up to rounding, which in the test session's XLA
+  # flags (tests/conftest.py: no fusion emitters) reaches 2.5e-5 (1e-6 under the defaults).
+  np.testing.assert_allclose(part["stage3"], full["stage3"], atol=1e-4)
   train_out, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
       variables, x)
   assert not np.allclose(train_out["stage3"], full["stage3"], atol=1e-3)
@@ -223,7 +225,14 @@ def test_depthwise_switch_gives_the_same_network(lite0):
         variables["params"])
   for tap in ("stage3",):
     np.testing.assert_allclose(out["shifted"][tap], out["conv"][tap], rtol=1e-4, atol=1e-4)
+  # Summed in another order, the two round differently, and an activation that sits on a
+  # ReLU6 kink can fall on the other side: its channel's gradient then jumps (one entry of 144 in
+  # _blocks_2/_bn0/bias by 19 % in the test session's XLA flags, tests/conftest.py). So per leaf
+  # >= 99 % of the entries agree to 2e-3 of the leaf's largest, and every entry to 5 % of it.
   for (k, a), (_, b) in zip(sorted(traverse_util.flatten_dict(grads["shifted"]).items()),
                             sorted(traverse_util.flatten_dict(grads["conv"]).items())):
-    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-3 * float(np.abs(b).max()) + 1e-6,
-                               err_msg="/".join(k))
+    a, b = np.asarray(a), np.asarray(b)
+    scale = float(np.abs(b).max()) + 1e-6
+    close = np.abs(a - b) <= 2e-3 * np.abs(b) + 2e-3 * scale
+    assert close.mean() >= 0.99, ("/".join(k), close.mean())
+    np.testing.assert_allclose(a, b, atol=5e-2 * scale, err_msg="/".join(k))

@@ -1,4 +1,5 @@
 """UDA for one-class AD: losses, clustering, Deep SVDD training, one-vs-all splits, command."""
+import functools
 import json
 import math
 import os
@@ -179,7 +180,7 @@ def test_deep_svdd_loss_decreases_without_collapse(lite):
   from rodajax.features import crop_and_normalise
   imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
                    for _ in range(40)]).astype(np.uint8)
-  trunk = jax.jit(uda.trunk_features(module, variables, start))   # eager: ~400 op compiles
+  trunk = functools.partial(jax.jit(uda.trunk_features(module, start)), variables)
   hs = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   model, v = uda.init_model(module, variables, start, 16, jax.random.key(0), jnp.asarray(hs))
   # f = head(tail(trunk(x))): the split EfficientNet equals the whole one.
@@ -228,7 +229,7 @@ def test_trunk_then_tail_is_the_whole_backbone(name, stage):
   start = uda.stage_start(module, stage)
   # Eager here: a ResNet-18 at 2 x 64 x 64 compiles slower as three jitted programs (32 s in
   # the xdist run) than op by op (17 s), whose op compilations the next case reuses.
-  h = uda.trunk_features(module, variables, start)(x)
+  h = uda.trunk_features(module, start)(variables, x)
   full = module.apply(variables, x, train=False)["pooled"]
   tail = uda.tail_module(module, start)
   np.testing.assert_allclose(tail.apply(variables, h, train=False)["pooled"], full,
@@ -385,7 +386,7 @@ def test_runs_trained_together_equal_one_by_one(lite, alignment, class_batch):
   from rodajax.features import crop_and_normalise
   imgs = np.stack([np.clip(texture(rng, 64).astype(int) + rng.integers(-60, 60, 3), 0, 255)
                    for _ in range(48)]).astype(np.uint8)
-  trunk = jax.jit(uda.trunk_features(module, variables, start))
+  trunk = functools.partial(jax.jit(uda.trunk_features(module, start)), variables)
   h = np.asarray(trunk(crop_and_normalise(jnp.asarray(imgs), 64)))
   s = uda.Settings(alignment=alignment, steps=5, batch=8, lr=1e-3)
   runs = []
