@@ -89,9 +89,10 @@ def test_vmapped_classes_equal_the_per_class_loop(classes, loop_runs):
   """Adapted in one vmap over the classes (class_batch 0, the accelerators' default) and scored
   with class_batch 0 and 1 (1: class after class in one program). roda covers the OT step, the
   prior-mixed statistics and the safeguard (moment / kl / hungarian / bn_stats go through the
-  same step and statistics code). The adaptation with class_batch 1 (the CPU default) is checked
-  against the loop by the selection test below; for CI time it is not repeated here
-  (tests/test_experiment.py's vmapped experiment uses class_batch 0)."""
+  same step and statistics code). class_batch 1 maps the same per-class functions with
+  `adapt.class_map`'s `lax.map`; for CI time the adaptation is not compiled that way here (its
+  class step compiles in about twice a vmap's time): the scoring below and tests/test_uda.py's
+  vmapped runs compare that map with the loop."""
   method, s, cl = "roda", classes, classes["classes"]
   cfg = s["cfg"].adapt.copy_and_resolve_references()
   cfg.class_batch = "0"
@@ -166,11 +167,13 @@ def test_run_classes_refuses_what_it_cannot_stack(classes):
 
 def test_selection_in_the_vmapped_pass_is_the_per_class_selection(classes):
   """adapt.select=lowest: each class keeps the images `run` keeps for it (selected class by
-  class before the class-mapped pass) and adapts on them as the loop does, here with
-  class_batch 1 (the CPU default: class after class in one program)."""
+  class before the class-mapped pass) and adapts on them as the loop does. class_batch 0, as
+  the test above: its class step is the same program, which the persistent cache hands back
+  (class_batch 1, the CPU default, maps the same per-class functions with `lax.map`: compared
+  with the loop by the scoring above and by tests/test_uda.py's class steps)."""
   s, cl = classes, classes["classes"]
   cfg = s["cfg"].adapt.copy_and_resolve_references()
-  cfg.select, cfg.select_share, cfg.safeguard, cfg.class_batch = "lowest", 0.5, False, "1"
+  cfg.select, cfg.select_share, cfg.safeguard, cfg.class_batch = "lowest", 0.5, False, "0"
   keys = [jax.random.key(60 + c) for c in range(len(cl))]
   targets = [np.concatenate([c["target"][:8], c["test"][6:10]]) for c in cl]  # 8 good + 4 bad
   fns = tta.build("roda", cfg, s["module"], s["extract"], s["variables"]["params"], S)
