@@ -120,13 +120,14 @@ class FeatureCache:
       self.psi_file = load_psi_file(psi[len("file:"):], config.data.root)
     elif psi != "f":
       self.psi_module, self.psi_vars = backbones.create(psi, "pretrained")
-    # Jitted once per cache, the weights passed as arguments: every domain (and every batch of
-    # the same shape) reuses one compiled program for each encoder.
-    self._trunk_fn = jax.jit(uda.trunk_features(self.backbone, self.start))
-    self._psi_fn = None
+    # The frozen encoders `images -> features`, jitted once per cache with the weights passed as
+    # arguments: every domain (and every batch of the same shape) reuses one compiled program.
+    self._encoders = {"trunk": functools.partial(
+        jax.jit(uda.trunk_features(self.backbone, self.start)), self.vars)}
     if self.psi_module is not None:
       m = self.psi_module
-      self._psi_fn = jax.jit(lambda v, x: m.apply(v, x, train=False)["pooled"])
+      self._encoders["psi"] = functools.partial(
+          jax.jit(lambda v, x: m.apply(v, x, train=False)["pooled"]), self.psi_vars)
 
   def _path(self, domain, what, encoder):
     c = self.config
@@ -167,11 +168,7 @@ class FeatureCache:
 
   def _compute(self, domain, paths, todo) -> dict:
     size, bs = self.config.data.resize, self.config.batch_size
-    fns = {}
-    if "trunk" in todo:
-      fns["trunk"] = functools.partial(self._trunk_fn, self.vars)
-    if "psi" in todo:
-      fns["psi"] = functools.partial(self._psi_fn, self.psi_vars)
+    fns = {w: self._encoders[w] for w in ("trunk", "psi") if w in todo}
     if self.config.data.get("tfds_dir", ""):   # images prepared once into ArrayRecord (tfds)
       from rodajax.data import prepared
       pixels = prepared.load_domain(self.index[domain], size, self.config.data.tfds_dir,
