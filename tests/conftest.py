@@ -12,16 +12,22 @@ import tempfile
 # session starts cold, so no state carries over between runs. Measured on 3 tests of
 # test_adapt.py alone on 2 cores: 121 s -> 80 s (test_adaptation_is_deterministic, which
 # adapts twice, 55 s -> 13 s; benchmarks/README.md). A cache the user set is left as it is.
-# Under pytest-xdist (pyproject.toml: two workers) the controller makes the folder and each
-# worker writes its own subfolder: JAX writes cache entries without a lock, so two processes
-# must not share one.
+# Under pytest-xdist (pyproject.toml: two workers) the controller makes the folder and both
+# workers (and their subprocesses) share it: the files of different workers hold many of the
+# same programs (the adaptation step at test size, the backbone, the criterion), compiled once
+# for the session instead of once per worker. JAX writes an entry without a lock when the cache
+# has no size bound; a worker that reads an entry the other is still writing gets a truncated
+# compressed file, which fails to decompress, and JAX then warns and compiles the program
+# itself (jax._src.compiler._cache_read). Whole suite on 2 cores, the same day: 741 s with a
+# folder per worker, 676 s shared, no such warning (benchmarks/README.md "The test suite",
+# Session 39). The cache key includes the folder's path, so workers with folders of their own
+# never share an entry.
 _OWNED = "RODAJAX_TESTS_XLA_CACHE"   # set when the folder is this test session's own
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ or _OWNED in os.environ:
   if _OWNED not in os.environ:       # the controller (or a run without workers)
     os.environ[_OWNED] = tempfile.mkdtemp(prefix="rodajax-tests-xla-")
     atexit.register(shutil.rmtree, os.environ[_OWNED], ignore_errors=True)
-  _XLA_CACHE = {"jax_compilation_cache_dir": os.path.join(
-                    os.environ[_OWNED], os.environ.get("PYTEST_XDIST_WORKER", "main")),
+  _XLA_CACHE = {"jax_compilation_cache_dir": os.environ[_OWNED],
                 "jax_persistent_cache_min_compile_time_secs": 0.0,
                 "jax_persistent_cache_min_entry_size_bytes": -1}
   os.environ.update({k.upper(): str(v) for k, v in _XLA_CACHE.items()})

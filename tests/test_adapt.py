@@ -1,4 +1,5 @@
 """RoDA end to end on a small synthetic shift; Alg. 1's pass; the safeguard; balance; bad input."""
+import json
 import math
 
 import jax
@@ -50,8 +51,16 @@ def _scores(s, v, images):
 
 
 def _run(s, method, images, cfg_adapt=None, key=0):
+  """`tta.run` with the functions of (method, settings) built once for the module: tests that
+  adapt with the same settings reuse the traced step, criterion and moments (a new build traces
+  them again: about 5 s, which the persistent compilation cache does not save)."""
   cfg_adapt = cfg_adapt or s["cfg"].adapt
-  fns = tta.build(method, cfg_adapt, s["module"], s["extract"], s["variables"]["params"], S)
+  built = s.setdefault("built", {})
+  ident = (method, json.dumps(cfg_adapt.to_dict(), sort_keys=True, default=str))
+  if ident not in built:
+    built[ident] = tta.build(method, cfg_adapt, s["module"], s["extract"],
+                             s["variables"]["params"], S)
+  fns = built[ident]
   return tta.run(method, fns, cfg_adapt, s["variables"], s["source"], images,
                  jax.random.key(key))
 

@@ -457,6 +457,9 @@ def test_uda_runs_vmapped_give_the_loops_records(tmp_path):
     c.data.classes, c.data.resize, c.seeds = ("k0", "k1"), 64, 2
     c.uda.steps, c.uda.batch, c.uda.methods = 4, 8, ("source_only", "cluster_psi")
     c.data.min_images, c.data.contamination, c.uda.vmap_runs = 4, 0.2, vm
+    # One feature cache: the vmapped pass reads the frozen trunk's and psi's features the loop
+    # wrote, so the two passes train on the same inputs and differ only in how they train.
+    c.cache_dir = str(tmp_path / "cache")
     out = uda_train.train_and_evaluate(c, str(tmp_path / f"w{vm}"))
     recs[vm] = {(r["normal_class"], r["seed"], r["method"]): r for r in out}
   assert set(recs[False]) == set(recs[True]) and len(recs[True]) == 2 * 2 * 2
