@@ -18,10 +18,10 @@ import tempfile
 # for the session instead of once per worker. JAX writes an entry without a lock when the cache
 # has no size bound; a worker that reads an entry the other is still writing gets a truncated
 # compressed file, which fails to decompress, and JAX then warns and compiles the program
-# itself (jax._src.compiler._cache_read). Whole suite on 2 cores, the same day: 741 s with a
-# folder per worker, 676 s shared, no such warning (benchmarks/README.md "The test suite",
-# Session 39). The cache key includes the folder's path, so workers with folders of their own
-# never share an entry.
+# itself (jax._src.compiler._cache_read); no such warning in three whole-suite runs. The cache
+# key includes the folder's path, so workers with folders of their own never shared an entry:
+# one suite run wrote 4036 entries then, 3535 now (benchmarks/README.md "The test suite",
+# Session 39).
 _OWNED = "RODAJAX_TESTS_XLA_CACHE"   # set when the folder is this test session's own
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ or _OWNED in os.environ:
   if _OWNED not in os.environ:       # the controller (or a run without workers)
