@@ -53,7 +53,7 @@ def _scores(s, v, images):
 def _run(s, method, images, cfg_adapt=None, key=0):
   """`tta.run` with the functions of (method, settings) built once for the module: tests that
   adapt with the same settings reuse the traced step, criterion and moments (a new build traces
-  them again: about 5 s, which the persistent compilation cache does not save)."""
+  them again, a few seconds that the persistent compilation cache does not save)."""
   cfg_adapt = cfg_adapt or s["cfg"].adapt
   built = s.setdefault("built", {})
   ident = (method, json.dumps(cfg_adapt.to_dict(), sort_keys=True, default=str))
