@@ -1,10 +1,14 @@
 """One table from several UDA workdirs (ablations, sweeps): rows label/method, columns targets.
 
   python -m experiments.uda_tables "MMD=runs/uda/mmd" "contrastive=runs/uda/con" [--methods m,..]
-      [--targets t,..] [--seeds 0,1,2] [--plot sweep.png --xlabel ..]
+      [--targets t,..] [--seeds 0,1,2] [--plot sweep.png --xlabel ..] [--paired LABEL]
 
 With --plot, a label "X|SERIES" puts that workdir at x = X on the line named SERIES (several
 settings of a sweep in one figure, e.g. "20%|GMM=runs/gmm20").
+
+With --paired LABEL, each row is also compared with the row of workdir LABEL and the same method
+on the same splits (target, normal class, seed): the mean of the differences ± 1.96 standard
+errors (std with ddof 1 over sqrt(n)) and how many splits are above the reference.
 
 Cells: AUC mean ± std over normal classes and seeds (n); then the mean over targets, the
 dominant set's size and purity, the contrastive negatives (how many, the
@@ -55,6 +59,30 @@ def summary(recs) -> str:
   return "\n".join(lines) + "\n"
 
 
+def paired(recs, ref_label: str) -> str:
+  """Each row minus the reference workdir's row of the same method, split by split.
+
+  A split is (target, normal class, seed); rows without a split in common with the
+  reference are left out. Returns a markdown table: n, mean ± 1.96 s.e., splits above.
+  """
+  split = lambda r: (r["method"], r["target"], r["normal_class"], r["seed"])
+  ref = {split(r): r["auc"] for r in recs if r["label"] == ref_label}
+  if not ref:
+    raise SystemExit(f"--paired {ref_label!r} names no workdir label given: "
+                     f"{sorted({r['label'] for r in recs})}")
+  lines = [f"| row | n splits | paired minus {ref_label} (mean ± 1.96 s.e.) | splits above |",
+           "|---|---|---|---|"]
+  for name in dict.fromkeys(r["row"] for r in recs if r["label"] != ref_label):
+    d = np.asarray([r["auc"] - ref[split(r)] for r in recs
+                    if r["row"] == name and split(r) in ref])
+    if len(d) == 0:
+      continue
+    se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    lines.append(f"| {name} | {len(d)} | {d.mean():+.2f} ± {1.96 * se:.2f} | "
+                 f"{int((d > 0).sum())} of {len(d)} |")
+  return "\n".join(lines) + "\n"
+
+
 def plot(recs, path, xlabel="") -> None:
   """Mean AUC per (method, target) against the workdir labels, in the order given (a sweep)."""
   import matplotlib
@@ -96,6 +124,8 @@ def main():
   ap.add_argument("--seeds", default="", help="only these seeds (comma-separated)")
   ap.add_argument("--plot", default="", help="also draw AUC against the labels (a sweep) to this PNG")
   ap.add_argument("--xlabel", default="", help="the plot's x axis title")
+  ap.add_argument("--paired", default="", help="also compare every row with this workdir label's "
+                  "row of the same method, split by split")
   args = ap.parse_args()
   csv = lambda s: [x for x in s.split(",") if x]
   recs = rows(args.specs, csv(args.methods), csv(args.targets), [int(x) for x in csv(args.seeds)])
@@ -105,6 +135,8 @@ def main():
   print(f"AUC (%), mean ± std over normal classes and seeds {seeds}\n")
   print(uda_train.table(recs, row="row"))
   print(summary(recs))
+  if args.paired:
+    print(paired(recs, args.paired))
   if args.plot:
     plot(recs, args.plot, args.xlabel)
     print(f"figure: {args.plot}")

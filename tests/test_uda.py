@@ -468,3 +468,28 @@ def test_uda_runs_vmapped_give_the_loops_records(tmp_path):
     assert abs(a["auc"] - b["auc"]) <= 0.5, (k, a["auc"], b["auc"])
     np.testing.assert_allclose(a["loss_last"], b["loss_last"], rtol=1e-3)
     assert a["d_size"] == b["d_size"] and b["vmap_runs"] == 4
+
+
+def test_uda_tables_paired_difference_hand_computed(tmp_path):
+  """`uda_tables --paired`: split-by-split differences against a reference workdir."""
+  from experiments import uda_tables
+
+  def rec(cls, seed, auc, method="cluster_psi"):
+    return {"method": method, "target": "cartoon", "normal_class": cls, "seed": seed, "auc": auc}
+
+  ref = [rec("dog", 0, 70.0), rec("dog", 1, 80.0), rec("house", 0, 60.0), rec("dog", 0, 50.0, "oracle")]
+  new = [rec("dog", 0, 72.0), rec("dog", 1, 79.0), rec("house", 0, 66.0),
+         rec("house", 1, 99.0),                       # no reference split: left out
+         rec("dog", 0, 90.0, "oracle"), rec("dog", 0, 10.0, "source_only")]  # no reference method
+  for name, recs in (("ref", ref), ("new", new)):
+    os.makedirs(tmp_path / name)
+    json.dump(recs, open(tmp_path / name / "results.json", "w"))
+  recs = uda_tables.rows([f"R={tmp_path / 'ref'}", f"N={tmp_path / 'new'}"])
+  lines = uda_tables.paired(recs, "R").splitlines()
+  # cluster_psi: d = (2, -1, 6); mean 7/3; std (ddof 1) sqrt(37/3); s.e. std / sqrt(3)
+  se = math.sqrt(37 / 3) / math.sqrt(3)
+  assert lines[2] == f"| N: cluster_psi | 3 | +2.33 ± {1.96 * se:.2f} | 2 of 3 |"
+  assert lines[3] == "| N: oracle | 1 | +40.00 ± nan | 1 of 1 |"
+  assert len(lines) == 4                              # source_only has nothing to pair with
+  with pytest.raises(SystemExit, match="names no workdir label"):
+    uda_tables.paired(recs, "X")
