@@ -3,7 +3,8 @@
 # `experiments.uda` run with the settings that differ from configs/uda.py:<pacs|elpv> as of this
 # commit (generated from the workdirs' config.json files). Runs resume by record identity, so
 # an interrupted script can simply be started again. About 5 h on 2 CPU cores of November's
-# machine, about 18 h on 2026-12-05's Zen 1 (docs/uda.md, Time).
+# machine, about 18 h on 2026-12-05's Zen 1 (docs/uda.md, Time),
+# plus about an hour there since the denominator / negatives lines run 3 seeds (Session 40).
 #   bash scripts/uda12_runs.sh [runs/uda12]
 set -e
 R=${1:-runs/uda12}
@@ -44,15 +45,15 @@ go c_meanshift0.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0
 go c_k20.05 pacs --config.cache_dir=$R/cache --config.data.contamination=0.05 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go c_k20.2 pacs --config.cache_dir=$R/cache --config.data.contamination=0.2 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go c_k20.3 pacs --config.cache_dir=$R/cache --config.data.contamination=0.3 --config.data.targets=cartoon --config.seeds=1 --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
-go con_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi,oracle --config.uda.negatives=outside
-go far05_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi --config.uda.negative_share=0.05
-go far10_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi
-go con_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle --config.uda.negatives=outside
-go far05_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.negative_share=0.05
-go far10_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
-go far20 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.negative_share=0.2
-go far10_sph pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.space=sphere
-go far10_k2 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
+go con_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi,oracle --config.uda.negatives=outside
+go far05_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi --config.uda.negative_share=0.05
+go far10_neg pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.contrastive=negatives --config.uda.methods=cluster_psi
+go con_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi,oracle --config.uda.negatives=outside
+go far05_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.negative_share=0.05
+go far10_nce pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi
+go far20 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.negative_share=0.2
+go far10_sph pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.space=sphere
+go far10_k2 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.clusters=2 --config.uda.methods=cluster_psi
 go far10_t005_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi --config.uda.tau=0.05
 go far10_t005_l1 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.methods=cluster_psi --config.uda.tau=0.05
 go far10_l01 pacs --config.cache_dir=$R/cache --config.data.targets=cartoon --config.seeds=1 --config.uda.alignment=contrastive --config.uda.cluster=kmeans --config.uda.lambda_uda=0.1 --config.uda.methods=cluster_psi
