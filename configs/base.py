@@ -6,7 +6,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.batch_size = 16            # images per forward pass
-  c.figures = True             # ROC curve + anomaly-map overlays per category (clean, none)
+  c.figures = True             # ROC curve + anomaly-map overlays per category (clean, none) and,
+                               # per shift of the first seed, every method's maps and ROC curves
   c.bank_dir = ""              # where fitted memory banks are kept ("" = <workdir>/banks)
 
   c.data = ml_collections.ConfigDict()

@@ -535,6 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
             for ((ds, v_source, source, timing), sh), a in zip(group, adapted):
               ctx.run_one(ds, v_source, source, timing, shift, severity, seed, sh[0], fraction,
                           fraction == fractions[0], method, sh[1], adapted=a)
+        ctx.flush_figures()
   else:
     for category in todo_categories:
       ds, v_source, source, timing = prepare(category)
@@ -547,6 +548,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> list[
           for fraction, method in todo:
             ctx.run_one(ds, v_source, source, timing, shift, severity, seed, shifted, fraction,
                         fraction == fractions[0], method, order)
+          ctx.flush_figures()
   if config.figures:
     report.plot_severity(records, os.path.join(workdir, "figures", "severity.png"))
   print(workdir_lib.summary_line(run, ctx.computed, f"memory banks: {banks['reused']} reused, "
@@ -571,6 +573,8 @@ class Context:
     self._source_eval = None   # (key, evaluation) of the source model on the last eval split
     self._criterion = (None, {})  # (key, tta.run cache) of the last adaptation split
     self.references: dict = {}  # (dataset, category) -> the shift gate's clean reference
+    self._figures: dict = {}   # split -> what its method-comparison figure shows (first seed)
+    self._centre = (None, None)  # (split, metrics.centre_prior of its masks), the last split
     c = config
     self.points = data.is_points(c.data)
     if self.points:
@@ -623,6 +627,36 @@ class Context:
       self._source_eval = (key, self.evaluate(variables, *args))
     m, scores, maps = self._source_eval[1]
     return dict(m), scores, maps
+
+  def _keep_for_figure(self, ds, shift, severity, seed, method, shifted, eval_idx, test_eval,
+                       masks, scores, maps):
+    """Holds the picked test images' maps of `method` for `flush_figures`."""
+    key = (ds.name, ds.category, shift, severity, seed)
+    if key not in self._figures:
+      pick = report.figure_picks(test_eval.labels, masks)
+      self._figures[key] = {
+          "pick": pick, "labels": np.asarray(test_eval.labels), "methods": {},
+          "images": data.centre_crop(np.asarray(shifted[eval_idx[pick]]), self.config.data.crop),
+          "masks": None if masks is None else np.asarray(masks)[pick]}
+    f = self._figures[key]
+    f["methods"][method] = (np.asarray(scores), np.asarray(maps)[f["pick"]])
+
+  def flush_figures(self):
+    """Draws the method-comparison figure of every split held (two methods or more).
+
+    `figures/<dataset>_<category>_<shift><severity>_methods.png` and `..._methods_roc.png`:
+    the first seed's maps of each method run in this process on the same test
+    images (`report.save_method_figure`).
+    """
+    for (name, category, shift, severity, seed), f in self._figures.items():
+      if len(f["methods"]) < 2:
+        continue
+      report.save_method_figure(
+          os.path.join(self.workdir, "figures",
+                       f"{name}_{category}_{shift}{severity or ''}"),
+          f["images"], f["labels"], f["pick"], f["methods"], f["masks"],
+          title=f"{name}/{category}: {shift}{f' {severity}' if severity else ''}, seed {seed}")
+    self._figures = {}
 
   def run_one(self, ds, variables, source, timing, shift, severity, seed, shifted, fraction,
               first_fraction, method, order=None, adapted=None):
@@ -684,6 +718,12 @@ class Context:
                 "per_type_image_auroc": m.get("per_type_image_auroc"),
                 "backbone": config.model.backbone, "memory_bank": list(source.bank.shape),
                 "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
+    if masks is not None and not self.points:
+      # The pixel metrics of a map that ignores the image (its centre), for reading them.
+      if self._centre[0] != (ekey[:2], seed, fraction):
+        self._centre = ((ekey[:2], seed, fraction),
+                        metrics.centre_prior(masks, test_eval.has_mask))
+      rec["centre_prior"] = self._centre[1]
     if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
       rec["timing"] = {**timing, "scoring_s": t2 - t1,
                        "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
@@ -694,6 +734,10 @@ class Context:
         report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
                             data.centre_crop(test_eval.images, crop), maps,
                             test_eval.labels, scores, masks)
+    if (config.figures and not self.points and first_fraction and seed == seeds(config)[0]
+        and maps is not None):
+      self._keep_for_figure(ds, shift, severity, seed, method, shifted, eval_idx, test_eval,
+                            masks, scores, maps)
     self.records.append(rec)
     self.done.add(report.record_id(rec))
     self.computed += 1

@@ -273,6 +273,121 @@ def save_figures(path_prefix: str, images: np.ndarray, maps: np.ndarray, labels:
   return files
 
 
+def figure_picks(labels: np.ndarray, masks: np.ndarray | None = None, n_anomalous: int = 4,
+                 n_normal: int = 2) -> np.ndarray:
+  """Which test images a method-comparison figure shows; the same for every method.
+
+  `labels [N]` (1 = anomalous), `masks [N, H, W]` or None. The anomalous images
+  with the largest defect area first (the first ones in order without masks),
+  then the first normal ones; chosen without any score, so no method picks its
+  own best cases. Returns indices `[<= n_anomalous + n_normal]` int.
+  """
+  labels = np.asarray(labels)
+  anomalous = np.flatnonzero(labels == 1)
+  if masks is not None and len(anomalous):
+    area = np.asarray(masks, bool)[anomalous].reshape(len(anomalous), -1).sum(1)
+    anomalous = anomalous[np.argsort(-area, kind="stable")]
+  return np.concatenate([anomalous[:n_anomalous],
+                         np.flatnonzero(labels == 0)[:n_normal]]).astype(np.int64)
+
+
+def _stretch(image: np.ndarray) -> np.ndarray:
+  """`[H, W, 3]` uint8 with its 1st-99th percentile spread over 0-255 (display only)."""
+  x = np.asarray(image, np.float32)
+  lo, hi = np.percentile(x, 1), np.percentile(x, 99)
+  return (np.clip((x - lo) / max(hi - lo, 1.0), 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def save_method_figure(path_prefix: str, images: np.ndarray, labels: np.ndarray,
+                       pick: np.ndarray, by_method: dict, masks: np.ndarray | None = None,
+                       title: str = "") -> list[str]:
+  """Anomaly maps of several methods on the same test images, and their ROC curves.
+
+  `images [K, H, W, 3]` uint8 and `masks [K, H, W]` (or None): the picked test
+  images (`figure_picks`) as the methods saw them (shifted). `labels [N]`: the
+  whole evaluation split's. `by_method`: name -> `(scores [N], maps [K, H, W])`,
+  the image scores of the whole split and the maps of the picked images.
+
+  `pick [K]`: their indices in the split. Each map's title is the image's rank
+  by that method's score in the split (1 = the highest score).
+
+  `<prefix>_methods.png`: a row of images (defects outlined in green; each
+  image's 1st-99th percentile stretched to the full range for display, so that
+  dark or flat shifts stay visible) and a row of map overlays per method. Each method's colour scale runs from the median
+  of its maps to the highest image score of its normal test images, so red
+  marks patches more anomalous than the worst patch of any normal test image
+  under that method (the maps are on different scales after adaptation).
+  `<prefix>_methods_roc.png`: every method's image-level ROC curve with its AUROC.
+  Returns the files written (atomically).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from sklearn.metrics import roc_auc_score, roc_curve
+
+  labels = np.asarray(labels)
+  names = list(by_method)
+  if not names or not len(images):
+    return []
+  os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
+  files = []
+
+  def save(fig, path, dpi):
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    files.append(path)
+
+  k = len(images)
+  shown = [_stretch(x) for x in np.asarray(images)]
+  fig, axes = plt.subplots(len(names) + 1, k, figsize=(1.9 * k, 1.95 * (len(names) + 1)),
+                           squeeze=False)
+  pick = np.asarray(pick)
+  for j in range(k):
+    axes[0, j].imshow(shown[j])
+    axes[0, j].set_title("defective" if labels[pick[j]] == 1 else "good", fontsize=8)
+    if masks is not None and masks[j].any():
+      axes[0, j].contour(masks[j], levels=[0.5], colors="lime", linewidths=0.8)
+  axes[0, 0].set_ylabel("image\n(stretched)", fontsize=8)
+  for r, name in enumerate(names, start=1):
+    scores, maps = (np.asarray(a, np.float64) for a in by_method[name])
+    normal = scores[labels == 0]
+    vmin = float(np.median(maps))
+    vmax = float(normal.max()) if len(normal) else float(np.percentile(maps, 99.5))
+    vmax = max(vmax, vmin + 1e-6)
+    rank = np.empty(len(scores), np.int64)
+    rank[np.argsort(-scores, kind="stable")] = np.arange(1, len(scores) + 1)
+    for j in range(k):
+      axes[r, j].imshow(shown[j])
+      axes[r, j].imshow(maps[j], cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+      axes[r, j].set_title(f"rank {rank[pick[j]]} of {len(scores)}", fontsize=7)
+    axes[r, 0].set_ylabel(name, fontsize=9)
+  for ax in axes.flat:
+    ax.set_xticks([])
+    ax.set_yticks([])
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  save(fig, path_prefix + "_methods.png", 80)
+  if len(np.unique(labels)) == 2:
+    fig, ax = plt.subplots(figsize=(3.8, 3.6))
+    for name in names:
+      scores = np.asarray(by_method[name][0], np.float64)
+      if not np.all(np.isfinite(scores)):
+        continue
+      fpr, tpr, _ = roc_curve(labels, scores)
+      ax.plot(fpr, tpr, label=f"{name} ({100 * roc_auc_score(labels, scores):.1f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title or "image-level ROC", fontsize=8)
+    ax.legend(fontsize=7, title="image AUROC", title_fontsize=7)
+    fig.tight_layout()
+    save(fig, path_prefix + "_methods_roc.png", 100)
+  return files
+
+
 def save_point_figure(path_prefix: str, clouds: np.ndarray, point_scores: np.ndarray,
                       labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None = None,
                       n: int = 3) -> list[str]:

@@ -132,7 +132,7 @@ def test_a_safeguard_fallback_reuses_the_source_evaluation(tmp_path, monkeypatch
   c = _tiny_config(tmp_path / "data", shift__corruptions="clean,contrast", shift__severities="5",
                    adapt__methods="none,roda", shift__adapt_fraction=0.5, adapt__batch_images=2,
                    adapt__target_patches=64, adapt__bank_patches=64, adapt__safeguard_margin=0.99,
-                   adapt__gate=0.0, adapt__safeguard=True)
+                   adapt__gate=0.0, adapt__safeguard=True, figures=True)
   calls = []
   evaluate = train.Context.evaluate
   monkeypatch.setattr(train.Context, "evaluate",
@@ -145,6 +145,13 @@ def test_a_safeguard_fallback_reuses_the_source_evaluation(tmp_path, monkeypatch
     assert (roda["image_auroc"], roda["pixel_auroc"]) == (none["image_auroc"], none["pixel_auroc"])
   # per shift: the source once (none), the unguarded last step once; roda's guarded one reused
   assert len(calls) == 4 and sum("(unguarded)" in d for d in calls) == 2
+  # the centre prior's pixel metrics: once per split, the same for every shift and method
+  assert {json.dumps(r["centre_prior"]) for r in recs} == {json.dumps(recs[0]["centre_prior"])}
+  assert 0 <= recs[0]["centre_prior"]["pixel_auroc"] <= 100
+  # none and roda on the same test images, one figure per shift (their maps coincide here)
+  figs = sorted(p.name for p in (tmp_path / "w" / "figures").glob("*_methods*.png"))
+  assert figs == [f"mvtec_widget_{s}_methods{r}.png" for s in ("clean", "contrast5")
+                  for r in ("", "_roc")]
 
 
 def test_config_errors_are_clear(tmp_path):

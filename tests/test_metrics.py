@@ -49,3 +49,23 @@ def test_evaluate_per_type_and_masks_subset():
   out = metrics.evaluate(labels, scores, types=["good", "good", "crack", "scratch"])
   assert out["per_type_image_auroc"] == {"crack": 100.0, "scratch": 50.0}
   assert out["pixel_auroc"] is None and out["aupro"] is None
+
+
+def test_centre_prior_hand_computed():
+  # 3x3: the centre is the closest pixel (1), the 4 edges next, the 4 corners farthest.
+  centre = np.zeros((1, 3, 3), bool)
+  centre[0, 1, 1] = True
+  assert metrics.centre_prior(centre)["pixel_auroc"] == 100.0
+  corner = np.zeros((1, 3, 3), bool)
+  corner[0, 0, 0] = True
+  # below the centre and 4 edges (0 each), tied with the 3 other corners (1/2 each): 1.5 / 8
+  assert metrics.centre_prior(corner)["pixel_auroc"] == pytest.approx(100 * 1.5 / 8)
+  # the same as evaluate() with that map for every image, and has_mask drops images
+  both = np.concatenate([corner, centre])
+  yy, xx = np.mgrid[:3, :3]
+  maps = np.broadcast_to(-((yy - 1.0) ** 2 + (xx - 1.0) ** 2), both.shape)
+  ref = metrics.evaluate(np.array([1, 1]), np.zeros(2), both, maps, has_mask=[True, True])
+  got = metrics.centre_prior(both, [True, True])
+  assert (got["pixel_auroc"], got["aupro"]) == (ref["pixel_auroc"], ref["aupro"])
+  assert metrics.centre_prior(both, [False, True])["pixel_auroc"] == 100.0
+  assert metrics.centre_prior(None) == {"pixel_auroc": None, "aupro": None}

@@ -52,3 +52,42 @@ def test_plot_severity_writes_a_png(tmp_path):
   assert out and (tmp_path / "f" / "severity.png").read_bytes()[:4] == b"\x89PNG"
   # A single severity is no curve: nothing is written.
   assert report.plot_severity([r for r in recs if r["severity"] == 1], str(tmp_path / "g.png")) is None
+
+
+def test_figure_picks_largest_defects_first_then_normals_without_scores():
+  import numpy as np
+  labels = np.array([0, 1, 1, 0, 1, 0, 1])
+  masks = np.zeros((7, 4, 4), bool)
+  masks[1, :1, :1] = True        # area 1
+  masks[2, :2, :2] = True        # area 4
+  masks[4, :3, :3] = True        # area 9
+  masks[6, :2, :1] = True        # area 2
+  # by area 4 (9), 2 (4), 6 (2), then normals 0, 3 in order
+  assert report.figure_picks(labels, masks, n_anomalous=3, n_normal=2).tolist() == [4, 2, 6, 0, 3]
+  # Without masks: the first anomalous ones; fewer images than asked for is no error.
+  assert report.figure_picks(labels, None, n_anomalous=2, n_normal=5).tolist() == [1, 2, 0, 3, 5]
+  assert report.figure_picks(np.zeros(2, int), None).tolist() == [0, 1]
+
+
+def test_save_method_figure_writes_one_row_per_method_and_the_roc(tmp_path):
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  labels = np.array([1, 1, 0, 0, 0])
+  images = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+  masks = np.zeros((3, 32, 32), bool)
+  masks[0, 8:16, 8:16] = True
+  by = {m: (rng.normal(size=5), rng.random((3, 32, 32))) for m in ("none", "bn_stats", "roda")}
+  pick = np.array([0, 1, 3])
+  files = report.save_method_figure(str(tmp_path / "f" / "x"), images, labels, pick, by, masks,
+                                    "t")
+  assert [f.rsplit("/", 1)[1] for f in files] == ["x_methods.png", "x_methods_roc.png"]
+  two = report.save_method_figure(str(tmp_path / "g"), images, labels, pick,
+                                  {m: by[m] for m in ("none", "roda")}, None)
+  h3, h2 = (Image.open(f).size[1] for f in (files[0], two[0]))
+  # an image row plus a row per method: 4 rows against 3
+  assert abs(h3 / h2 - 4 / 3) < 0.05
+  assert not list((tmp_path / "f").glob("*.tmp.png"))
+  # One class only: maps, no ROC.
+  assert len(report.save_method_figure(str(tmp_path / "h"), images, np.zeros(5, int), pick,
+                                       by)) == 1
