@@ -574,7 +574,7 @@ class Context:
     self._criterion = (None, {})  # (key, tta.run cache) of the last adaptation split
     self.references: dict = {}  # (dataset, category) -> the shift gate's clean reference
     self._figures: dict = {}   # split -> what its method-comparison figure shows (first seed)
-    self._centre = (None, None)  # (split, metrics.centre_prior of its masks), the last split
+    self._centre: dict = {}    # split -> metrics.centre_prior of its masks (a few floats each)
     c = config
     self.points = data.is_points(c.data)
     if self.points:
@@ -720,10 +720,10 @@ class Context:
                 "adapt_seconds": t1 - t0, "score_seconds": t2 - t1, **info})
     if masks is not None and not self.points:
       # The pixel metrics of a map that ignores the image (its centre), for reading them.
-      if self._centre[0] != (ekey[:2], seed, fraction):
-        self._centre = ((ekey[:2], seed, fraction),
-                        metrics.centre_prior(masks, test_eval.has_mask))
-      rec["centre_prior"] = self._centre[1]
+      split = (ds.name, category, seed, fraction)
+      if split not in self._centre:
+        self._centre[split] = metrics.centre_prior(masks, test_eval.has_mask)
+      rec["centre_prior"] = dict(self._centre[split])
     if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
       rec["timing"] = {**timing, "scoring_s": t2 - t1,
                        "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
