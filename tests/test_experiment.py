@@ -259,7 +259,12 @@ def test_shift_gate_and_routed_statistics_in_the_experiment_loop_and_vmapped(tmp
   assert all(r["reference"] > 0 for r in refs)
   # class_batch 0: one vmap (the CPU default, 1, is compared with the loop in test_multiclass.py)
   vm = train.train_and_evaluate(_tiny_config(tmp_path / "data", adapt__vmap_classes=True,
-                                             adapt__class_batch="0", **kw), str(tmp_path / "vmap"))
+                                             adapt__class_batch="0", figures=True, **kw),
+                                str(tmp_path / "vmap"))
+  # the vmapped pass interleaves the categories; each still gets its figure per shift
+  assert sorted(p.name for p in (tmp_path / "vmap" / "figures").glob("*_methods.png")) == [
+      f"mvtec_{c}_{s}_methods.png" for c in ("gadget", "widget")
+      for s in ("clean", "contrast5", "gaussian_noise5")]
   stats = {"gaussian_noise": "geometric", "contrast": "target_stats"}
   # adaptation images: 0.5 of 12 and of 20 test images; the lower-scoring half kept
   # (adapt.select=lowest); batch 2: widget 3 images in 2 steps, gadget 5 in 3
@@ -291,6 +296,7 @@ def test_shift_gate_and_routed_statistics_in_the_experiment_loop_and_vmapped(tmp
     assert abs(a["pixel_auroc"] - b["pixel_auroc"]) < 0.05, key(a)
     assert a.get("steps") == b.get("steps") and a.get("n_adapt_train") == b.get("n_adapt_train")
     assert a.get("bn_stats_used") == b.get("bn_stats_used"), key(a)
+    assert a["centre_prior"] == b["centre_prior"], key(a)
     if "stem_log_var_ratio" in a:
       assert abs(a["stem_log_var_ratio"] - b["stem_log_var_ratio"]) < 1e-4
 
