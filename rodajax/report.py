@@ -231,24 +231,30 @@ def plot_severity(records: Sequence[dict], path: str, metric: str = "image_auroc
   return path
 
 
+def _roc_axes(ax, labels: np.ndarray, curves: dict, title: str) -> None:
+  """Image-level ROC curves on `ax`: `curves` maps a legend label (None: none) to scores `[N]`."""
+  from sklearn.metrics import roc_curve
+  for name, scores in curves.items():
+    fpr, tpr, _ = roc_curve(labels, scores)
+    ax.plot(fpr, tpr, label=name)
+  ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+  ax.set_xlabel("false positive rate")
+  ax.set_ylabel("true positive rate")
+  ax.set_title(title, fontsize=9)
+
+
 def save_figures(path_prefix: str, images: np.ndarray, maps: np.ndarray, labels: np.ndarray,
                  scores: np.ndarray, masks: np.ndarray | None = None, n: int = 6) -> list[str]:
   """ROC curve and anomaly-map overlays as PNGs; returns the files written."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from sklearn.metrics import roc_curve
 
   files = []
   os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
   if len(np.unique(labels)) == 2:
-    fpr, tpr, _ = roc_curve(labels, scores)
     fig, ax = plt.subplots(figsize=(3.5, 3.5))
-    ax.plot(fpr, tpr)
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title("image-level ROC")
+    _roc_axes(ax, labels, {None: scores}, "image-level ROC")
     fig.tight_layout()
     files.append(path_prefix + "_roc.png")
     fig.savefig(files[-1], dpi=100)
@@ -305,25 +311,25 @@ def save_method_figure(path_prefix: str, images: np.ndarray, labels: np.ndarray,
 
   `images [K, H, W, 3]` uint8 and `masks [K, H, W]` (or None): the picked test
   images (`figure_picks`) as the methods saw them (shifted). `labels [N]`: the
-  whole evaluation split's. `by_method`: name -> `(scores [N], maps [K, H, W])`,
-  the image scores of the whole split and the maps of the picked images.
-
-  `pick [K]`: their indices in the split. Each map's title is the image's rank
-  by that method's score in the split (1 = the highest score).
+  whole evaluation split's; `pick [K]`: the picked images' indices in it.
+  `by_method`: name -> `(scores [N], maps [K, H, W])`, the image scores of the
+  whole split and the maps of the picked images.
 
   `<prefix>_methods.png`: a row of images (defects outlined in green; each
   image's 1st-99th percentile stretched to the full range for display, so that
-  dark or flat shifts stay visible) and a row of map overlays per method. Each method's colour scale runs from the median
-  of its maps to the highest image score of its normal test images, so red
-  marks patches more anomalous than the worst patch of any normal test image
-  under that method (the maps are on different scales after adaptation).
+  dark or flat shifts stay visible) and a row of map overlays per method, each
+  titled with the image's rank by that method's score in the split (1 = the
+  highest). Each method's colour scale runs from the median of its maps to the
+  highest image score of its normal test images, so red marks patches more
+  anomalous than the worst patch of any normal test image under that method
+  (the maps are on different scales after adaptation).
   `<prefix>_methods_roc.png`: every method's image-level ROC curve with its AUROC.
   Returns the files written (atomically).
   """
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from sklearn.metrics import roc_auc_score, roc_curve
+  from sklearn.metrics import roc_auc_score
 
   labels = np.asarray(labels)
   names = list(by_method)
@@ -372,16 +378,10 @@ def save_method_figure(path_prefix: str, images: np.ndarray, labels: np.ndarray,
   save(fig, path_prefix + "_methods.png", 80)
   if len(np.unique(labels)) == 2:
     fig, ax = plt.subplots(figsize=(3.8, 3.6))
-    for name in names:
-      scores = np.asarray(by_method[name][0], np.float64)
-      if not np.all(np.isfinite(scores)):
-        continue
-      fpr, tpr, _ = roc_curve(labels, scores)
-      ax.plot(fpr, tpr, label=f"{name} ({100 * roc_auc_score(labels, scores):.1f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.set_title(title or "image-level ROC", fontsize=8)
+    finite = {n: np.asarray(by_method[n][0], np.float64) for n in names}
+    finite = {n: v for n, v in finite.items() if np.all(np.isfinite(v))}
+    _roc_axes(ax, labels, {f"{n} ({100 * roc_auc_score(labels, v):.1f})": v
+                           for n, v in finite.items()}, title or "image-level ROC")
     ax.legend(fontsize=7, title="image AUROC", title_fontsize=7)
     fig.tight_layout()
     save(fig, path_prefix + "_methods_roc.png", 100)
