@@ -8,7 +8,8 @@ Writes
                        FOLDER), score (the max patch distance), normalized_score
                        (0 = median normal calibration image, 0.5 = threshold),
                        anomalous (1 when score > the model's threshold), map, note
-                       (conversions applied while reading: grey -> RGB, ...)
+                       (conversions applied while reading: grey -> RGB, ...; and
+                       "overexposed" when over 30 % of the crop is clipped white)
   OUT/maps/            per image, <relative path with / as __>.png: the image's
                        centre crop with its anomaly map on the normalised scale
                        (blue = normal, green = threshold, red = far above);
@@ -45,6 +46,8 @@ FLAGS = [cli.Flag("model", "a model directory from experiments.fit or experiment
                   "anomalous) or a CSV with path,label columns; adds AUROC and the threshold's "
                   "precision/recall to the summary", "")]
 COLUMNS = ("path", "score", "normalized_score", "anomalous", "map", "note")
+OVEREXPOSED = 0.3     # share of an image's centre crop clipped white that earns a note
+OVEREXPOSED_NOTE = f"overexposed: over {OVEREXPOSED:.0%} of the pixels clipped white"
 PARTIAL = ".partial.csv"
 PARTIAL_META = ".partial.json"
 
@@ -215,6 +218,7 @@ def main(argv):
                                 "--config.adapt.lr")
           norm = calibration.normalise(scores, med, thr)
           crops = data.centre_crop(x[:m], c.data.crop)
+          clipped = data.clipped_share(crops) > OVEREXPOSED
           for f in written:
             f.result()      # at most two batches of maps in flight: flat memory
           written = []
@@ -224,6 +228,8 @@ def main(argv):
               written.append(writers.submit(write_maps, maps_dir, name, crops[j],
                                             calibration.normalise(maps[j], med, thr), lut,
                                             maps_mode == "both"))
+            if clipped[j]:
+              note = "; ".join(filter(None, (note, OVEREXPOSED_NOTE)))
             notes.append(note)
             rows[p] = {"path": p, "score": f"{scores[j]:.9g}", "normalized_score":
                        f"{norm[j]:.6g}", "anomalous": str(int(scores[j] > thr)),
@@ -263,7 +269,9 @@ def main(argv):
              "threshold_rule": model.manifest["threshold"].get("rule"),
              "images": args.flags["images"], "images_sha256": images_sha,
              "n_images": len(paths), "n_scored": len(body), "n_anomalous": n_anom,
-             "n_errors": len(errors), "reused": reused, "conversions": notes,
+             "n_errors": len(errors), "reused": reused,
+             "n_overexposed": notes.get(OVEREXPOSED_NOTE, 0),
+             "conversions": {k: v for k, v in notes.items() if k != OVEREXPOSED_NOTE},
              "seconds": seconds, "images_per_s": (len(todo) - len(errors)) / max(seconds, 1e-9),
              "batch": batch, "maps_mode": maps_mode, "evaluation": evaluation,
              "predictions": pred_path, "maps": maps_dir if maps_mode != "none" else None}
@@ -271,8 +279,13 @@ def main(argv):
   for f in (PARTIAL, PARTIAL_META):
     if os.path.exists(os.path.join(out, f)):
       os.remove(os.path.join(out, f))
+  n_over = notes.pop(OVEREXPOSED_NOTE, 0)
   if notes:
     cli.warn(f"converted while reading: {cli.notes_line(notes)}")
+  if n_over:
+    cli.warn(f"{n_over} of {len(body)} images are overexposed (over {OVEREXPOSED:.0%} of the "
+             "centre crop at grey level 250 or more; `note` in predictions.csv): clipped areas "
+             "hide defects and can score as anomalous, so check the exposure of these images")
   if errors:
     cli.warn(f"{len(errors)} of {len(paths)} images could not be read (first: {errors[0][0]}: "
              f"{errors[0][1]}); they are listed in {err_path}")

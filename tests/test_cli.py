@@ -319,3 +319,23 @@ def test_config_changes_name_every_differing_key():
   new = '{"a": 1, "b": {"c": 3, "e": "x"}, "d": [4]}'
   assert workdir.config_changes(old, new) == ["b.c: 2 -> 3", "d: '(absent)' -> [4]"]
   assert workdir.config_changes(new, new) == []
+
+
+def test_predict_notes_overexposed_images(model, widget, tmp_path, capsys):
+  from PIL import Image
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  src = os.path.join(widget, "widget", "test", "good")
+  first = sorted(os.listdir(src))[0]
+  x = np.asarray(Image.open(os.path.join(src, first)).convert("RGB")).copy()
+  Image.fromarray(x).save(imgs / "a_as_taken.png")
+  x[: x.shape[0] // 2] = 255       # the top half clipped white: half of the centre crop
+  Image.fromarray(x).save(imgs / "b_overexposed.png")
+  code, out, err = run(predict, ["--model", model, "--images", imgs, "--out", tmp_path / "o",
+                                 "--maps", "none"], capsys)
+  assert code == 0, err
+  notes = {os.path.basename(r["path"]): r["note"] for r in read_csv(tmp_path / "o" / "predictions.csv")}
+  assert notes == {"a_as_taken.png": "", "b_overexposed.png": predict.OVEREXPOSED_NOTE}
+  summary = json.load(open(tmp_path / "o" / "summary.json"))
+  assert summary["n_overexposed"] == 1 and summary["conversions"] == {}
+  assert "1 of 2 images are overexposed" in err

@@ -177,3 +177,14 @@ def test_expand_folder_glob_file_and_errors(tmp_path):
     images.expand(str(tmp_path / "missing"))
   with pytest.raises(DataError, match="matches no files"):
     images.expand(str(tmp_path / "*.jpg"))
+
+
+def test_clipped_share_hand_computed():
+  from rodajax import data
+  x = np.full((2, 4, 4, 3), 100, np.uint8)
+  x[0, :2] = 255                      # half of image 0 white
+  x[1, 0, 0] = (255, 255, 240)        # grey 250: clipped
+  x[1, 0, 1] = (255, 255, 230)        # grey 246.7: not
+  np.testing.assert_allclose(data.clipped_share(x), [0.5, 1 / 16])
+  with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
+    data.clipped_share(x[0])

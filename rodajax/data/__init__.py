@@ -1,8 +1,8 @@
 """Datasets: MVTec AD / MVTec 3D-AD (RGB) folder layouts, ELPV (embedded), point clouds."""
 from rodajax.data import pointclouds
 from rodajax.data.elpv import CELL_TYPES, load_elpv
-from rodajax.data.images import (DataError, centre_crop, expand, list_images, load_many, load_rgb,
-                                 read_many, read_rgb, tally_notes)
+from rodajax.data.images import (DataError, centre_crop, clipped_share, expand, list_images,
+                                 load_many, load_rgb, read_many, read_rgb, tally_notes)
 from rodajax.data.mvtec import (Dataset, ImageSet, categories, load_mvtec,
                                 parse_categories)
 

@@ -205,6 +205,20 @@ def tally_notes(notes) -> dict[str, int]:
   return out
 
 
+def clipped_share(images: np.ndarray, level: int = 250) -> np.ndarray:
+  """Share of each image's pixels clipped white: grey level (mean of R, G, B) >= `level`.
+
+  `images [N, H, W, 3]` uint8 -> `[N]` float64 in [0, 1]. Overexposure erases what a
+  detector would see and flat white can score as anomalous: ImageNet-C brightness 3 clips
+  more than 30 % of the pixels of 34 of ELPV mono's 50 good test cells (docs/results.md,
+  "The selection's worst cell, looked at").
+  """
+  x = np.asarray(images)
+  if x.ndim != 4 or x.shape[-1] != 3:
+    raise ValueError(f"clipped_share takes images [N, H, W, 3], got shape {x.shape}")
+  return (x.astype(np.float32).mean(-1) >= level).mean((1, 2)).astype(np.float64)
+
+
 def centre_crop(x: np.ndarray, crop: int) -> np.ndarray:
   """Centre crop of the two spatial axes after the batch axis: `[N, R, R, ...]`."""
   h, w = x.shape[1:3]
