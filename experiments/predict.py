@@ -177,7 +177,7 @@ def main(argv):
   bank = jax.numpy.asarray(model.bank.bank)
   thr, med = model.threshold, model.median
   lut = _colormap()
-  errors, notes = [], []
+  errors = []
   new_file = not os.path.isfile(os.path.join(out, PARTIAL)) or not rows
   part = open(os.path.join(out, PARTIAL), "w" if new_file else "a", newline="")
   os.chmod(part.name, report.file_mode())
@@ -230,7 +230,6 @@ def main(argv):
                                             maps_mode == "both"))
             if clipped[j]:
               note = "; ".join(filter(None, (note, OVEREXPOSED_NOTE)))
-            notes.append(note)
             rows[p] = {"path": p, "score": f"{scores[j]:.9g}", "normalized_score":
                        f"{norm[j]:.6g}", "anomalous": str(int(scores[j] > thr)),
                        "map": os.path.join("maps", name) if name else "", "note": note}
@@ -261,7 +260,7 @@ def main(argv):
   if not body:
     raise cli.UserError(f"none of the {len(paths)} images could be read (first: {errors[0][0]}: "
                         f"{errors[0][1]}); all are listed in {err_path}")
-  notes = data.tally_notes(notes)
+  notes = data.tally_notes(r["note"] for r in body)   # reused rows included
   n_anom = sum(r["anomalous"] == "1" for r in body)
   evaluation = evaluate(body, root, args.flags["labels"]) if args.flags["labels"] else None
   summary = {"model": os.path.abspath(args.flags["model"]), "model_kind": model.manifest["kind"],

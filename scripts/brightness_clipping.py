@@ -22,6 +22,5 @@ for name, c, cat in sets:
   lab = np.asarray(ds.test.labels)
   for sev in (0, 1, 3, 5):
     x = ds.test.images if sev == 0 else np.asarray(train.shifted_images(ds.test.images, "brightness", sev, 0, 16))
-    g = data.centre_crop(x, c.data.crop).mean(-1)
-    sat = (g >= 250).mean((1, 2)) > 0.3
+    sat = data.clipped_share(data.centre_crop(x, c.data.crop)) > 0.3
     print(f"| {name} | {sev or 'clean'} | {sat[lab==0].sum()} of {(lab==0).sum()} | {sat[lab==1].sum()} of {(lab==1).sum()} |")
