@@ -724,7 +724,8 @@ class Context:
       if split not in self._centre:
         self._centre[split] = metrics.centre_prior(masks, test_eval.has_mask)
       rec["centre_prior"] = dict(self._centre[split])
-    if shift == "clean" and method == "none" and first_fraction and seed == seeds(config)[0]:
+    first = first_fraction and seed == seeds(config)[0]   # the split that gets the figures
+    if shift == "clean" and method == "none" and first:
       rec["timing"] = {**timing, "scoring_s": t2 - t1,
                        "test_img_per_s": len(eval_idx) / max(t2 - t1, 1e-9)}
       if config.figures and self.points:
@@ -734,8 +735,7 @@ class Context:
         report.save_figures(os.path.join(workdir, "figures", f"{ds.name}_{category}"),
                             data.centre_crop(test_eval.images, crop), maps,
                             test_eval.labels, scores, masks)
-    if (config.figures and not self.points and first_fraction and seed == seeds(config)[0]
-        and maps is not None):
+    if config.figures and not self.points and first:
       self._keep_for_figure(ds, shift, severity, seed, method, shifted, eval_idx, test_eval,
                             masks, scores, maps)
     self.records.append(rec)
