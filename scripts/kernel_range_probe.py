@@ -19,8 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from experiments import train
-from rodajax import augment, data, patchcore, transport
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # benchmarks/
+
+from benchmarks.sinkhorn_passes import kernel_range  # noqa: E402
+from experiments import train  # noqa: E402
+from rodajax import augment, data, patchcore, transport  # noqa: E402
 
 SETS = (("mvtec", {}, "bottle"),
         ("elpv", {"max_test_normal": 50, "max_test_anomalous": 50}, "mono"))
@@ -40,11 +43,8 @@ if __name__ == "__main__":
       x = imgs if shift == "clean" else np.asarray(train.shifted_images(imgs, shift, 5, 0, 8))
       z = extract(tree["variables"], augment.views(jnp.asarray(x), jax.random.key(0), 4))
       cost = transport.euclidean_cost(z.reshape(-1, bank.shape[1]), bank)
-      eps = 0.02 * jnp.mean(cost)
-      span = (cost - jnp.min(cost, 1, keepdims=True)) / eps
-      zero = jnp.exp(-span) == 0.0
-      print(f"{cat} {shift}: {cost.shape[0]} x {cost.shape[1]}, epsilon {float(eps):.3f}, "
-            f"largest span {float(span.max()):.0f}, zero kernel entries "
-            f"{100 * float(jnp.mean(zero)):.2f} %, all-zero columns {int(jnp.sum(jnp.all(zero, 0)))}",
-            flush=True)
-      del cost, span, zero
+      eps, span, zero_share, zero_cols = kernel_range(cost)
+      print(f"{cat} {shift}: {cost.shape[0]} x {cost.shape[1]}, epsilon {eps:.3f}, "
+            f"largest span {span:.0f}, zero kernel entries {100 * zero_share:.2f} %, "
+            f"all-zero columns {zero_cols}", flush=True)
+      del cost
